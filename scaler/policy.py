@@ -47,9 +47,7 @@ from scaler.policy_stages import (
 DEFAULT_POLICY = QueuePolicy()
 
 
-def decide(
-    snapshot: Snapshot, state: PolicyState, policies: Mapping[str, QueuePolicy]
-) -> Decision:
+def decide(snapshot: Snapshot, state: PolicyState, policies: Mapping[str, QueuePolicy]) -> Decision:
     """Decide every queue of `snapshot`. A queue without a policy gets `QueuePolicy()`;
     the state of a queue no longer in the snapshot is dropped."""
     devices = snapshot.devices
@@ -102,9 +100,7 @@ def decide_queue(
     """Decide one queue; returns its decision, its next state and the devices with the
     workers it plans to add counted in."""
     capacity = count_capacity(queue.workers)
-    learnt_rate = learn_worker_rate(
-        prev.worker_rate_per_s, queue.completion_rate_per_s, queue.lag, capacity
-    )
+    learnt_rate = learn_worker_rate(prev.worker_rate_per_s, queue.completion_rate_per_s, queue.lag, capacity)
     inputs = _measure(queue, prev, policy, now_s, capacity, learnt_rate)
     plan, add_devices, devices = _fit_devices(_plan_target(inputs), capacity.current, policy, devices)
     scaled_up = plan.target > capacity.current

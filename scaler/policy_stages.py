@@ -87,9 +87,7 @@ def learn_worker_rate(
     return previous_rate_per_s
 
 
-def throughput_need(
-    completion_rate_per_s: float, worker_rate_per_s: float | None, capacity: Capacity
-) -> int:
+def throughput_need(completion_rate_per_s: float, worker_rate_per_s: float | None, capacity: Capacity) -> int:
     """Workers needed to keep up with the jobs now completing; never more than current.
 
     This only holds capacity (a drained backlog must not scale away the workers that
