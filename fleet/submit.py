@@ -1,0 +1,89 @@
+"""The submit path shared by the sync and async clients: the Lua script that
+checks the backlog and appends jobs atomically, and the pure argument building.
+
+One round trip per call, for one job or a chunk of many. The script returns
+``{"OK", id...}``, ``{"FULL"}`` or ``{"DUP", id}`` (idempotency key seen before).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from fleet import codec, keys
+from fleet.errors import InvalidPayload, PayloadTooLarge
+
+SUBMIT_LUA = """
+local n = #ARGV - 5
+if redis.call('XLEN', KEYS[1]) + n > tonumber(ARGV[1]) then
+  return {'FULL'}
+end
+if KEYS[2] then
+  local seen = redis.call('GET', KEYS[2])
+  if seen then return {'DUP', seen} end
+end
+local out = {'OK'}
+local fields = {'t', ARGV[2]}
+if ARGV[3] ~= '' then fields[#fields + 1] = 'reply'; fields[#fields + 1] = ARGV[3] end
+if ARGV[5] ~= '' then fields[#fields + 1] = 'deadline'; fields[#fields + 1] = ARGV[5] end
+for i = 6, #ARGV do
+  out[#out + 1] = redis.call('XADD', KEYS[1], '*', 'p', ARGV[i], unpack(fields))
+end
+if KEYS[2] then redis.call('SET', KEYS[2], out[2], 'EX', tonumber(ARGV[4])) end
+return out
+"""
+
+SUBMIT_CHUNK = 1000  # jobs per script call in submit_many
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitCall:
+    keys: list[str]
+    args: list[Any]
+
+
+def encode_payloads(
+    queue: str, payloads: Sequence[Any], max_payload_bytes: int
+) -> list[bytes]:
+    """Encode every payload first; one over the limit means nothing is written."""
+    encoded = []
+    for payload in payloads:
+        data = codec.pack(payload)
+        if len(data) > max_payload_bytes:
+            raise PayloadTooLarge(queue, len(data), max_payload_bytes)
+        encoded.append(data)
+    return encoded
+
+
+def build_call(
+    queue: str,
+    encoded: Sequence[bytes],
+    *,
+    max_backlog: int,
+    now_ms: int,
+    reply_key: str | None,
+    idempotency_key: str | None = None,
+    idempotency_ttl_s: int = 3600,
+    deadline_ms: int | None = None,
+) -> SubmitCall:
+    call_keys = [keys.jobs(queue)]
+    if idempotency_key is not None:
+        if not keys.IDEMPOTENCY_KEY_RE.match(idempotency_key):
+            raise InvalidPayload("idempotency_key must be 1-200 printable ASCII characters")
+        call_keys.append(keys.idempotency(queue, idempotency_key))
+    args: list[Any] = [
+        max_backlog,
+        now_ms,
+        reply_key or "",
+        idempotency_ttl_s,
+        "" if deadline_ms is None else deadline_ms,
+        *encoded,
+    ]
+    return SubmitCall(call_keys, args)
+
+
+def parse_reply(reply: list[Any]) -> tuple[str, list[str]]:
+    status = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
+    ids = [r.decode() if isinstance(r, bytes) else str(r) for r in reply[1:]]
+    return status, ids

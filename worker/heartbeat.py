@@ -1,0 +1,84 @@
+"""The worker's registry entry and heartbeat, written from a small thread.
+
+The main loop only sets `state` and counters; this thread publishes them every
+`interval_s` to ``fleet:workers`` so a hung worker is seen, not only a dead one.
+It also wakes the main loop's blocking read when a stop is requested.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+
+import redis
+
+from fleet import codec, keys
+
+log = logging.getLogger("fleet.worker")
+
+STARTING, LOADING, IDLE, BUSY, DRAINING = "starting", "loading", "idle", "busy", "draining"
+
+
+@dataclass
+class WorkerStatus:
+    worker_id: str
+    queue: str
+    device_id: str
+    state: str = STARTING
+    started_ms: int = field(default_factory=lambda: int(time.time() * 1000))
+    last_busy_ms: int | None = None
+    load_s: float | None = None
+    jobs_done: int = 0
+    jobs_failed: int = 0
+
+    def encode(self) -> bytes:
+        return codec.pack(
+            {
+                "queue": self.queue,
+                "device": self.device_id,
+                "state": self.state,
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+                "started_ms": self.started_ms,
+                "beat_ms": int(time.time() * 1000),
+                "last_busy_ms": self.last_busy_ms,
+                "load_s": self.load_s,
+                "done": self.jobs_done,
+                "failed": self.jobs_failed,
+            }
+        )
+
+
+class Heartbeat(threading.Thread):
+    def __init__(self, conn: redis.Redis, status: WorkerStatus, interval_s: float) -> None:
+        super().__init__(name="fleet-heartbeat", daemon=True)
+        self.conn, self.status, self.interval_s = conn, status, interval_s
+        self.stop_requested = threading.Event()
+        self.finished = threading.Event()
+        self.unblock_id: int | None = None  # CLIENT ID of the main loop's blocking connection
+
+    def beat(self) -> None:
+        self.conn.hset(keys.WORKERS, self.status.worker_id, self.status.encode())
+
+    def run(self) -> None:
+        woke = False
+        while not self.finished.is_set():
+            try:
+                self.beat()
+                if self.stop_requested.is_set() and not woke and self.unblock_id is not None:
+                    self.conn.client_unblock(self.unblock_id)
+                    woke = True
+            except redis.RedisError as exc:
+                log.warning("heartbeat failed: %s", type(exc).__name__)
+            waiting_on = self.finished if self.stop_requested.is_set() else self.stop_requested
+            waiting_on.wait(self.interval_s)
+
+    def deregister(self) -> None:
+        self.finished.set()
+        with contextlib.suppress(redis.RedisError):
+            self.conn.hdel(keys.WORKERS, self.status.worker_id)

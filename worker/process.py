@@ -1,0 +1,162 @@
+"""The worker process: pin, load the model once, then read → batch → run → write → ack.
+
+SIGTERM/SIGINT drain: the handler only records the signal (and the heartbeat
+thread wakes the blocking read); the loop finishes its batch, writes and acks it,
+deregisters and exits 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import signal
+import time
+from types import FrameType
+
+import redis
+
+from fleet import codec, keys
+from fleet.connection import connect
+from fleet.settings import QueueSettings
+from fleet.workerspec import WorkerSpec
+from worker import stream_io
+from worker.execute import decode_entries, run_batch
+from worker.handlers.base import Handler, HandlerContext, load_handler
+from worker.heartbeat import BUSY, DRAINING, IDLE, LOADING, Heartbeat, WorkerStatus
+
+log = logging.getLogger("fleet.worker")
+
+
+def publish_queue(conn: redis.Redis, name: str, q: QueueSettings) -> None:
+    info = codec.QueueInfo(name, q.handler, q.max_payload_bytes, q.max_backlog, q.result_ttl_s)
+    conn.hset(keys.QUEUES, name, info.encode())
+
+
+class Worker:
+    def __init__(self, spec: WorkerSpec, handler: Handler | None = None) -> None:
+        self.spec = spec
+        self.q = spec.settings.queue(spec.queue)
+        self.status = WorkerStatus(spec.worker_id, spec.queue, spec.device_id)
+        self.conn = connect(spec.settings.redis)
+        self.read_conn = connect(spec.settings.redis, block_ms=self.q.block_ms)
+        self.heartbeat = Heartbeat(self.conn, self.status, spec.settings.worker.heartbeat_interval_s)
+        self.handler = handler
+        self.stopping = False
+
+    # -- signals -------------------------------------------------------------
+    def request_stop(self, signum: int = signal.SIGTERM, frame: FrameType | None = None) -> None:
+        self.stopping = True
+        self.heartbeat.stop_requested.set()
+
+    def install_signals(self) -> None:
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self.request_stop)
+
+    # -- lifecycle -------------------------------------------------------------
+    def load(self) -> None:
+        self.status.state = LOADING
+        started = time.monotonic()
+        if self.handler is None:
+            self.handler = load_handler(self.q.handler)
+        ctx = HandlerContext(
+            queue=self.spec.queue,
+            device_vendor=self.spec.device_vendor,
+            cpu_count=len(self.spec.cpus) or (os.cpu_count() or 1),
+            options=dict(self.q.handler_options),
+        )
+        self.handler.load(ctx)
+        self.status.load_s = time.monotonic() - started
+        log.info("worker %s loaded %s in %.2fs", self.spec.worker_id, self.q.handler, self.status.load_s)
+
+    def run(self) -> int:
+        self.install_signals()
+        self.heartbeat.start()
+        self._until_ok(self._prepare)
+        self.load()
+        self.status.state = IDLE
+        while not self.stopping:
+            self.step()
+        self.status.state = DRAINING
+        self._until_ok(self._finish, forever=False)
+        log.info("worker %s drained and stopped", self.spec.worker_id)
+        return 0
+
+    def _prepare(self) -> None:
+        self.heartbeat.unblock_id = self.read_conn.client_id()
+        publish_queue(self.conn, self.spec.queue, self.q)
+        if stream_io.ensure_group(self.conn, self.spec.queue):
+            log.info("created consumer group for queue %s", self.spec.queue)
+
+    def _finish(self) -> None:
+        stream_io.delete_consumer_if_idle(self.conn, self.spec.queue, self.spec.worker_id)
+        self.heartbeat.deregister()
+
+    def step(self) -> None:
+        """One read → run → write cycle."""
+        try:
+            entries = stream_io.read_batch(
+                self.read_conn,
+                self.spec.queue,
+                self.spec.worker_id,
+                max_batch=self.q.max_batch,
+                max_delay_ms=self.q.max_delay_ms,
+                block_ms=self.q.block_ms,
+                stopping=lambda: self.stopping,
+            )
+        except redis.ResponseError:
+            log.error("queue %s: consumer group missing (Redis restarted or flushed?); re-creating",
+                      self.spec.queue)
+            self._until_ok(self._prepare)
+            return
+        except redis.ConnectionError as exc:
+            self._backoff(exc)
+            return
+        if entries:
+            self.process(entries)
+
+    def process(self, entries: stream_io.Entries) -> None:
+        assert self.handler is not None
+        self.status.state = BUSY
+        batch = decode_entries(entries, self.q.max_payload_bytes, self.spec.worker_id)
+        run_batch(self.handler, batch, self.spec.worker_id)
+        self._until_ok(
+            lambda: stream_io.write_outcomes(
+                self.conn,
+                self.spec.queue,
+                batch,
+                result_ttl_s=self.q.result_ttl_s,
+                reply_ttl_s=self.spec.settings.worker.reply_ttl_s,
+            )
+        )
+        failed = sum(1 for w in batch if w.outcome is not None and w.outcome.status != codec.STATUS_OK)
+        self.status.jobs_done += len(batch) - failed
+        self.status.jobs_failed += failed
+        self.status.last_busy_ms = int(time.time() * 1000)
+        self.status.state = IDLE
+
+    # -- faults ----------------------------------------------------------------
+    _delay_s = 0.05
+
+    def _backoff(self, exc: BaseException) -> None:
+        log.warning("worker %s: Redis unavailable (%s); retrying in %.2fs", self.spec.worker_id,
+                    type(exc).__name__, self._delay_s)
+        time.sleep(self._delay_s * (0.5 + random.random()))
+        self._delay_s = min(self._delay_s * 2, 5.0)
+
+    def _until_ok(self, action: object, forever: bool = True) -> None:
+        """Run `action` until Redis takes it (results must not be dropped)."""
+        assert callable(action)
+        attempts = 0
+        while True:
+            try:
+                action()
+                self._delay_s = 0.05
+                return
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                attempts += 1
+                if not forever and attempts >= 5:
+                    log.error("worker %s: giving up after %d attempts: %s", self.spec.worker_id,
+                              attempts, exc)
+                    return
+                self._backoff(exc)
