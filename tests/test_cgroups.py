@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import subprocess
 import sys
 import time
@@ -24,6 +26,7 @@ from scheduler.cgroups import (
     find_cgroup2_mount,
     leaf_of_pid,
 )
+from scheduler.spawn import open_slice_manager, spawn_in_leaf, stop
 
 HYBRID = """\
 tmpfs /sys/fs/cgroup tmpfs rw,relatime,mode=755 0 0
@@ -204,3 +207,60 @@ def test_unavailable_slice_says_why(tmp_path: Path, root: str | None, reason: st
 def test_leaf_of_pid_for_gone_process() -> None:
     with pytest.raises(ProcessLookupError):
         leaf_of_pid(2**22 + 1)
+
+
+# --------------------------------------------------------------------------- spawn / stop
+
+TREE = """
+import signal, subprocess, sys, time
+if sys.argv[1] == "stubborn":
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+else:
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+child = subprocess.Popen(["sleep", "300"])
+print(child.pid, flush=True)
+time.sleep(300)
+"""
+
+
+def start_tree(leaf: Leaf | None, mode: str) -> tuple[subprocess.Popen[bytes], int]:
+    proc = spawn_in_leaf([sys.executable, "-c", TREE, mode], env=None, leaf=leaf,
+                         stdout=subprocess.PIPE)
+    assert proc.stdout is not None
+    grandchild = int(proc.stdout.readline())
+    proc.stdout.close()
+    return proc, grandchild
+
+
+@pytest.mark.parametrize(("mode", "want_rc"), [("drains", 0), ("stubborn", -9)],
+                         ids=["worker drains on SIGTERM", "worker ignores SIGTERM"])
+def test_degraded_spawn_runs_as_process_group_and_stop_kills_tree(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, mode: str, want_rc: int
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="fleet.scheduler"):
+        mgr = open_slice_manager(tmp_path / f"not-cgroup2-{mode}")
+    assert not mgr.available
+    assert [r.getMessage() for r in caplog.records] == [
+        f"cgroup v2 unavailable (not a cgroup2 hierarchy: {tmp_path}/not-cgroup2-{mode}): "
+        "workers run as plain process groups, without cgroup limits or device isolation"
+    ]
+    proc, grandchild = start_tree(None, mode)
+    assert os.getpgid(proc.pid) == proc.pid  # it leads its own group
+    assert os.getpgid(grandchild) == proc.pid
+    assert leaf_of_pid(proc.pid) == leaf_of_pid(os.getpid())  # no leaf: stays where we are
+    assert stop(proc, None, drain_timeout_s=0.5) == want_rc
+    assert wait_for(lambda: not pid_alive(grandchild))
+    assert not pid_alive(proc.pid)
+
+
+@pytest.mark.parametrize(("mode", "want_rc"), [("drains", 0), ("stubborn", -9)],
+                         ids=["worker drains on SIGTERM", "worker ignores SIGTERM"])
+def test_spawn_in_leaf_and_stop_removes_the_leaf(
+    manager: SliceManager, mode: str, want_rc: int
+) -> None:
+    leaf = manager.create_leaf("cpu", f"w-{mode}")
+    proc, grandchild = start_tree(leaf, mode)
+    assert sorted(leaf.procs()) == sorted([proc.pid, grandchild])
+    assert stop(proc, leaf, drain_timeout_s=0.5) == want_rc
+    assert wait_for(lambda: not pid_alive(grandchild))
+    assert not leaf.path.exists()
