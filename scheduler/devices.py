@@ -275,10 +275,6 @@ def _read_int(path: Path) -> int | None:
 # --------------------------------------------------------------------------- CPU
 
 
-def _read_proc(name: str) -> str | None:
-    return _read(Path("/proc") / name)
-
-
 class CpuBackend:
     """One device, "cpu", covering the cores this process may run on."""
 
@@ -287,7 +283,7 @@ class CpuBackend:
     def __init__(
         self,
         affinity_fn: Callable[[], Iterable[int]] = lambda: os.sched_getaffinity(0),
-        read_proc: Callable[[str], str | None] = _read_proc,
+        read_proc: Callable[[str], str | None] = lambda name: _read(Path("/proc") / name),
     ) -> None:
         self._affinity = affinity_fn
         self._read_proc = read_proc
@@ -358,9 +354,8 @@ class SimBackend:
         ]
 
     def telemetry(self, device: Device) -> Telemetry:
-        if self._telemetry_fn is not None:
-            return self._telemetry_fn(device)
-        return Telemetry(0.0, 0, device.memory_total_bytes)
+        fn = self._telemetry_fn
+        return fn(device) if fn else Telemetry(0.0, 0, device.memory_total_bytes)
 
     def pin_env(self, device: Device) -> dict[str, str]:
         return {"FLEET_SIM_VISIBLE_DEVICES": device.uuid or str(device.index)}
@@ -381,9 +376,7 @@ def backends_for(selector: str) -> list[DeviceBackend]:
             raise ValueError(f"bad device selector {selector!r}: want sim:<count>") from None
         return [SimBackend(count)]
     fixed: dict[str, DeviceBackend] = {
-        "cpu": CpuBackend(),
-        "nvidia": NvidiaBackend(),
-        "amd": AmdBackend(),
+        "cpu": CpuBackend(), "nvidia": NvidiaBackend(), "amd": AmdBackend(),
     }
     if selector in fixed:
         return [fixed[selector]]
@@ -402,9 +395,7 @@ def backend_for_device(device: Device, sim_count: int | None = None) -> DeviceBa
     if device.vendor == "sim":
         return SimBackend(sim_count if sim_count is not None else device.index + 1)
     table: dict[str, Callable[[], DeviceBackend]] = {
-        "cpu": CpuBackend,
-        "nvidia": NvidiaBackend,
-        "amd": AmdBackend,
+        "cpu": CpuBackend, "nvidia": NvidiaBackend, "amd": AmdBackend,
     }
     if device.vendor not in table:
         raise ValueError(f"unknown device vendor {device.vendor!r} for {device.id}")
@@ -415,18 +406,12 @@ def describe(backends: Iterable[DeviceBackend]) -> list[dict[str, object]]:
     """Rows for the ``fleet devices`` table (and its --json)."""
     rows: list[dict[str, object]] = []
     for backend in backends:
-        for device in backend.discover():
-            tele = backend.telemetry(device)
-            rows.append(
-                {
-                    "id": device.id,
-                    "vendor": device.vendor,
-                    "index": device.index,
-                    "uuid": device.uuid,
-                    "name": device.name,
-                    "memory_total_bytes": tele.memory_total_bytes or device.memory_total_bytes,
-                    "memory_used_bytes": tele.memory_used_bytes,
-                    "utilization": tele.utilization,
-                }
-            )
+        for d in backend.discover():
+            tele = backend.telemetry(d)
+            rows.append({
+                "id": d.id, "vendor": d.vendor, "index": d.index, "uuid": d.uuid,
+                "name": d.name,
+                "memory_total_bytes": tele.memory_total_bytes or d.memory_total_bytes,
+                "memory_used_bytes": tele.memory_used_bytes, "utilization": tele.utilization,
+            })
     return rows
