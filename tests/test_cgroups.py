@@ -264,3 +264,12 @@ def test_spawn_in_leaf_and_stop_removes_the_leaf(
     assert stop(proc, leaf, drain_timeout_s=0.5) == want_rc
     assert wait_for(lambda: not pid_alive(grandchild))
     assert not leaf.path.exists()
+
+
+def test_slice_that_cannot_be_made_says_not_writable() -> None:
+    root = cgroup2_root()
+    if root is None:
+        pytest.skip("no cgroup2 mount on this host")
+    mgr = SliceManager(root, base=f"fleet-test-{uuid.uuid4().hex[:12]}/missing.slice")
+    assert not mgr.available
+    assert str(mgr.status) == f"not writable: {mgr.slice_path}: ENOENT"
