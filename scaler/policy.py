@@ -139,7 +139,14 @@ def _measure(
     )
     holding_for_load = capacity.coming > 0 or loading_after_scale_up
     by_backlog = backlog_need(queue.lag, queue.pending, policy.backlog_per_worker)
-    by_wait = wait_need(queue.oldest_wait_s, policy.max_wait_s, capacity, holding_for_load)
+    by_wait = wait_need(
+        queue.oldest_wait_s,
+        policy.max_wait_s,
+        queue.lag,
+        queue.completion_rate_per_s,
+        capacity,
+        holding_for_load,
+    )
     rate = policy.worker_rate_per_s or learnt_rate
     by_throughput = throughput_need(queue.completion_rate_per_s, rate, capacity)
     need = max(by_backlog, by_wait, by_throughput)
@@ -187,8 +194,8 @@ def _plan_scale_up(i: _Inputs) -> _Plan:
     limit = scale_up_limit(i.current, i.policy)
     if i.clamped > limit:
         return _Plan(max(floor, limit), Reason.SCALE_UP_LIMIT)
-    if i.need > i.clamped:
-        return _Plan(i.clamped, Reason.AT_MAX)
+    if i.need != i.clamped:
+        return _Plan(i.clamped, Reason.AT_MAX if i.need > i.clamped else Reason.AT_MIN)
     return _Plan(i.clamped, i.up_reason)
 
 

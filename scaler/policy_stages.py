@@ -61,20 +61,27 @@ def backlog_need(lag: int, pending: int, backlog_per_worker: int) -> int:
 
 
 def wait_need(
-    oldest_wait_s: float | None, max_wait_s: float, capacity: Capacity, holding_for_load: bool
+    oldest_wait_s: float | None,
+    max_wait_s: float,
+    lag: int,
+    completion_rate_per_s: float,
+    capacity: Capacity,
+    holding_for_load: bool,
 ) -> int:
-    """Stage 2: a job waiting past `max_wait_s` asks for more workers, whatever the backlog.
+    """Stage 2: a job waiting past `max_wait_s` asks for more workers, whatever the backlog:
+    one more, or as many as would drain the undelivered `lag` within `max_wait_s` at the
+    current per-worker completion rate (the oldest wait itself when nothing completes).
 
-    The ask is proportional to how far past the limit the wait is (at least one more
-    worker). While workers are still loading (`holding_for_load`) the wait cannot drop
-    yet, so it asks for no more than what is already coming.
+    While workers are still loading (`holding_for_load`) the wait cannot drop yet, so it
+    asks for no more than what is already coming.
     """
     if oldest_wait_s is None or oldest_wait_s <= max_wait_s:
         return 0
     if holding_for_load:
         return capacity.current
-    proportional = ceil_count(capacity.ready * oldest_wait_s / max_wait_s)
-    return max(capacity.current + 1, proportional)
+    completing = completion_rate_per_s > 0
+    drain_s = max(lag, 0) / completion_rate_per_s if completing else oldest_wait_s
+    return max(capacity.current + 1, ceil_count(capacity.ready * drain_s / max_wait_s))
 
 
 def learn_worker_rate(
