@@ -18,7 +18,8 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from queue import Empty, SimpleQueue
 from typing import Any
 
 import redis
@@ -233,6 +234,35 @@ class Client:
             raise JobTimeout(missing[0], timeout_s or 0.0)
         return waiter.results
 
+    def iter_outcomes(
+        self, queue: str, job_ids: Sequence[str], timeout_s: float | None = None
+    ) -> Iterator[tuple[str, codec.Outcome]]:
+        """Yield (job ID, outcome) as each arrives, for progress bars."""
+        arrived: SimpleQueue[tuple[str, codec.Outcome]] = SimpleQueue()
+        waiter = _QueueWaiter(arrived)
+        wanted = set(job_ids)
+        self._inbox.register(wanted, waiter)
+        self._ensure_listener()
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        try:
+            while wanted:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    break
+                try:
+                    job_id, outcome = arrived.get(timeout=1.0 if left is None else min(left, 1.0))
+                except Empty:
+                    if self._closed.is_set():
+                        raise ClientClosed("client closed while waiting for jobs") from None
+                    continue
+                if job_id in wanted:
+                    wanted.discard(job_id)
+                    yield job_id, outcome
+        finally:
+            self._inbox.unregister(wanted)
+        if wanted:
+            raise JobTimeout(next(iter(wanted)), timeout_s or 0.0)
+
     def _fetch_missing(self, queue: str, job_ids: Sequence[str], waiter: CountdownWaiter) -> None:
         """Last look in the result keys (a reply may have been evicted or never asked for)."""
         missing = [j for j in job_ids if j not in waiter.results]
@@ -303,6 +333,14 @@ class Client:
             last_id = entries[-1][0]
             conn.xtrim(self.reply_key, minid=last_id, approximate=False)
         return last_id
+
+
+class _QueueWaiter:
+    def __init__(self, target: SimpleQueue[tuple[str, codec.Outcome]]) -> None:
+        self.target = target
+
+    def put(self, job_id: str, outcome: codec.Outcome) -> None:
+        self.target.put((job_id, outcome))
 
 
 def _decode_replies(entries: list[tuple[bytes, dict[bytes, bytes]]]) -> list[tuple[str, codec.Outcome]]:

@@ -40,19 +40,21 @@ class RedisServer:
     data_dir: Path
     port: int = 0
     password: str | None = None
+    tls: bool = False  # TLS only, on `port` (plaintext off); extra_args name the --tls-* files
     appendfsync: str = "everysec"
     extra_args: list[str] = field(default_factory=list)
     proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        scheme = "rediss" if self.tls else "redis"
+        return f"{scheme}://127.0.0.1:{self.port}/0"
 
     def args(self) -> list[str]:
         args = [
             find_redis_server(),
             "--bind", "127.0.0.1",
-            "--port", str(self.port),
+            *(["--port", "0", "--tls-port", str(self.port)] if self.tls else ["--port", str(self.port)]),
             "--dir", str(self.data_dir),
             "--appendonly", "yes",
             "--appendfsync", self.appendfsync,
@@ -65,6 +67,7 @@ class RedisServer:
         return args + self.extra_args
 
     def start(self, timeout_s: float = 10.0) -> RedisServer:
+        self.data_dir = self.data_dir.resolve()  # redis-server chdirs to --dir first
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if not self.port:
             self.port = free_port()
@@ -80,6 +83,8 @@ class RedisServer:
                 tail = log.read_text()[-500:] if log.exists() else ""
                 raise FleetError(f"redis-server exited with {self.proc.returncode}: {tail}")
             with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.2) as s:
+                if self.tls:  # it listens only once initialised; PING would need a handshake
+                    return
                 s.sendall(b"PING\r\n")
                 if s.recv(64):
                     return

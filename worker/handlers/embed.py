@@ -28,6 +28,8 @@ class MiniLM:
     def __init__(self, device: str = "cpu", max_length: int = 256) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         import torch
         from transformers import AutoModel, AutoTokenizer
 

@@ -1,0 +1,110 @@
+"""`fleet up` and `fleet scaler`: one loop; `up` also brings its own Redis."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from types import FrameType
+
+import redis
+
+from fleet import codec, keys
+from fleet.connection import connect, redact_url
+from fleet.redis_server import RedisServer, new_password
+from fleet.runtime import forget_private_redis, record_private_redis
+from fleet.settings import FleetSettings
+from scaler.daemon import ScalerLoop
+from scheduler.devices import discover
+from scheduler.spawn import open_slice_manager
+from scheduler.supervisor import Supervisor
+
+log = logging.getLogger("fleet.up")
+
+
+@dataclass
+class RunningFleet:
+    settings: FleetSettings
+    conn: redis.Redis
+    supervisor: Supervisor
+    loop: ScalerLoop
+
+
+def publish_queues(conn: redis.Redis, settings: FleetSettings) -> None:
+    for name, q in settings.queues.items():
+        info = codec.QueueInfo(name, q.handler, q.max_payload_bytes, q.max_backlog, q.result_ttl_s)
+        conn.hset(keys.QUEUES, name, info.encode())
+
+
+@contextmanager
+def private_redis(settings: FleetSettings) -> Iterator[FleetSettings]:
+    """Start a private redis-server when no URL is configured; stop it after."""
+    if settings.redis.url is not None:
+        yield settings
+        return
+    server = RedisServer(settings.state_dir / "redis", password=new_password()).start()
+    assert server.password is not None
+    try:
+        redis_settings = record_private_redis(settings, server.url, server.password)
+        log.info("started a private redis-server at %s (AOF on, data in %s)",
+                 server.url, server.data_dir)
+        yield settings.model_copy(update={"redis": redis_settings})
+    finally:
+        server.stop()
+        forget_private_redis(settings)
+
+
+@contextmanager
+def scaler_loop(settings: FleetSettings) -> Iterator[RunningFleet]:
+    """The scaler and its supervisor; every worker is stopped on the way out."""
+    conn = connect(settings.redis)
+    publish_queues(conn, settings)
+    slices = open_slice_manager(settings.scaler.cgroup_root) if settings.scaler.use_cgroups else None
+    supervisor = Supervisor(settings, slices, log_dir=settings.state_dir / "logs")
+    devices = {name: discover(q.device) for name, q in settings.queues.items()}
+    loop = ScalerLoop(settings, supervisor, devices)
+    log.info("fleet on %s: %s", redact_url(settings.redis.url),
+             ", ".join(f"{n} ({q.handler}, {q.workers} on {q.device})" for n, q in settings.queues.items()))
+    try:
+        yield RunningFleet(settings, conn, supervisor, loop)
+    finally:
+        loop.stop.set()
+        if settings.scaler.stop_workers_on_exit:
+            supervisor.stop_all()
+        conn.close()
+
+
+@contextmanager
+def running_fleet(settings: FleetSettings) -> Iterator[RunningFleet]:
+    """A whole fleet in the background (the demo and benchmarks use this)."""
+    with private_redis(settings) as live, scaler_loop(live) as fleet:
+        thread = threading.Thread(target=fleet.loop.run, name="fleet-scaler", daemon=True)
+        thread.start()
+        try:
+            yield fleet
+        finally:
+            fleet.loop.stop.set()
+            thread.join()
+
+
+def run_foreground(settings: FleetSettings, own_redis: bool) -> None:
+    """Run until SIGINT/SIGTERM, then drain every worker and stop."""
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    redis_ctx = private_redis(settings) if own_redis else _as_is(settings)
+    with redis_ctx as live, scaler_loop(live) as fleet:
+        fleet.loop.stop = stop
+        fleet.loop.run()
+        log.info("stopping: draining %d workers", len(fleet.supervisor.workers))
+
+
+@contextmanager
+def _as_is(settings: FleetSettings) -> Iterator[FleetSettings]:
+    yield settings
