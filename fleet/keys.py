@@ -16,6 +16,8 @@ Redis Cluster slot. Nobody else spells a key by hand.
 | fleet:workers                | hash   | worker heartbeats | scaler, status    | entries reaped by age  |
 | fleet:scale                  | hash   | ``fleet scale``   | scaler            | queue -> override      |
 | fleet:decisions              | hash   | scaler            | ``fleet status``  | queue -> last decision |
+| fleet:hosts                  | hash   | scaler supervisor | ``fleet status``  | host -> status, by age |
+| fleet:devices                | hash   | scaler            | ``fleet status``  | host/device -> reading |
 
 Job stream entry fields (the entry ID *is* the job ID): ``p`` payload (msgpack
 bytes), ``t`` enqueue time ms, optional ``reply`` (reply stream key), optional
@@ -57,6 +59,12 @@ QUEUES = f"{PREFIX}:queues"
 WORKERS = f"{PREFIX}:workers"
 SCALE = f"{PREFIX}:scale"
 DECISIONS = f"{PREFIX}:decisions"
+# host name -> msgpack {host, scaler_pid, beat_ms, cgroups: {available, reason},
+# isolation: {on, reason}, workers, adopted, crashloops: {queue: {consecutive,
+# total, last_error, retry_in_s}}}; written about once a second by each host's
+# scaler, deleted when it exits; a stale beat_ms means that scaler is gone.
+HOSTS = f"{PREFIX}:hosts"
+DEVICES = f"{PREFIX}:devices"
 
 
 def valid_queue_name(queue: str) -> bool:
