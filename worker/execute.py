@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from fleet import codec
-from fleet.errors import describe
+from fleet.errors import Poison, describe
 from worker.handlers.base import Handler, JobError
 
 log = logging.getLogger("fleet.worker")
@@ -28,28 +29,47 @@ class Work:
     reply: str | None
     job: codec.Job | None
     attempts: int
+    fields: dict[bytes, bytes]
     outcome: codec.Outcome | None = None
+    retryable: bool = False  # the handler raised: another delivery may succeed
 
 
 def decode_entries(
-    entries: list[tuple[bytes, dict[bytes, bytes]]], max_payload_bytes: int, worker_id: str
+    entries: list[tuple[bytes, dict[bytes, bytes]]],
+    max_payload_bytes: int,
+    worker_id: str,
+    deliveries: Mapping[str, int] | None = None,
 ) -> list[Work]:
+    """Decode a batch; `deliveries` holds the delivery counts of reclaimed entries."""
     batch = []
     for entry_id, fields in entries:
         eid = entry_id.decode()
+        delivered = (deliveries or {}).get(eid, 1)
         try:
             job = codec.decode_job(eid, fields, max_payload_bytes)
         except codec.DecodeError as exc:
             reply = codec.safe_reply_key(fields) if isinstance(fields, dict) else None
             failed = codec.Outcome(codec.STATUS_FAILED, error=f"malformed job: {exc}", worker=worker_id)
-            batch.append(Work(eid, eid, reply, None, 1, failed))
+            batch.append(Work(eid, eid, reply, None, delivered, {}, failed))
             continue
-        batch.append(Work(eid, job.id, job.reply, job, job.prior_attempts + 1))
+        batch.append(Work(eid, job.id, job.reply, job, job.prior_attempts + delivered, fields))
     return batch
 
 
-def _fail(work: Work, error: str, worker_id: str) -> None:
-    work.outcome = codec.Outcome(codec.STATUS_FAILED, error=error, attempts=work.attempts, worker=worker_id)
+def _fail(work: Work, error: str, worker_id: str, retryable: bool = False) -> None:
+    history = (*work.job.history, error) if work.job is not None else (error,)
+    work.outcome = codec.Outcome(
+        codec.STATUS_FAILED, error=error, attempts=work.attempts, worker=worker_id, history=history
+    )
+    work.retryable = retryable
+
+
+def fail_exhausted(batch: list[Work], max_deliveries: int, worker_id: str) -> None:
+    """Entries delivered more often than allowed (they killed their workers): dead now."""
+    for work in batch:
+        if work.outcome is None and work.attempts > max_deliveries:
+            _fail(work, f"delivered {work.attempts} times without an outcome "
+                        "(its worker died or hung each time)", worker_id, retryable=True)
 
 
 def _validate(handler: Handler, work: Work, now_ms: int, worker_id: str) -> Any:
@@ -97,9 +117,12 @@ def run_batch(handler: Handler, batch: list[Work], worker_id: str) -> int:
         return 0
     try:
         _record(todo, _run_checked(handler, items, len(items)), worker_id)
+    except Poison as exc:
+        for work in todo:
+            _fail(work, describe(exc), worker_id)
     except Exception as exc:
         if len(todo) == 1:
-            _fail(todo[0], describe(exc), worker_id)
+            _fail(todo[0], describe(exc), worker_id, retryable=True)
         else:
             log.warning("batch of %d failed (%s); running its items one by one", len(todo), describe(exc))
             for work, item in zip(todo, items, strict=True):
@@ -110,5 +133,7 @@ def run_batch(handler: Handler, batch: list[Work], worker_id: str) -> int:
 def run_one(handler: Handler, work: Work, item: Any, worker_id: str) -> None:
     try:
         _record([work], _run_checked(handler, [item], 1), worker_id)
-    except Exception as exc:
+    except Poison as exc:
         _fail(work, describe(exc), worker_id)
+    except Exception as exc:
+        _fail(work, describe(exc), worker_id, retryable=True)

@@ -13,6 +13,7 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import redis
@@ -35,6 +36,8 @@ class WorkerStatus:
     load_s: float | None = None
     jobs_done: int = 0
     jobs_failed: int = 0
+    busy_since_ms: int | None = None
+    held: tuple[str, ...] = ()  # entry IDs read and not yet acknowledged
 
     def encode(self) -> bytes:
         return codec.pack(
@@ -47,6 +50,7 @@ class WorkerStatus:
                 "started_ms": self.started_ms,
                 "beat_ms": int(time.time() * 1000),
                 "last_busy_ms": self.last_busy_ms,
+                "busy_since_ms": self.busy_since_ms,
                 "load_s": self.load_s,
                 "done": self.jobs_done,
                 "failed": self.jobs_failed,
@@ -54,16 +58,39 @@ class WorkerStatus:
         )
 
 
+@dataclass
+class Chore:
+    """Something the heartbeat thread does every `period_s` seconds."""
+
+    name: str
+    period_s: float
+    action: Callable[[], object]
+    next_at: float = 0.0
+
+
 class Heartbeat(threading.Thread):
+    """Beats, extends leases on held entries, runs chores, and wakes the main loop on stop."""
+
     def __init__(self, conn: redis.Redis, status: WorkerStatus, interval_s: float) -> None:
         super().__init__(name="fleet-heartbeat", daemon=True)
         self.conn, self.status, self.interval_s = conn, status, interval_s
         self.stop_requested = threading.Event()
         self.finished = threading.Event()
         self.unblock_id: int | None = None  # CLIENT ID of the main loop's blocking connection
+        self.chores: list[Chore] = []
 
     def beat(self) -> None:
         self.conn.hset(keys.WORKERS, self.status.worker_id, self.status.encode())
+
+    def run_chores(self, now: float) -> None:
+        for chore in self.chores:
+            if now < chore.next_at:
+                continue
+            chore.next_at = now + chore.period_s
+            try:
+                chore.action()
+            except redis.RedisError as exc:
+                log.warning("%s failed: %s", chore.name, type(exc).__name__)
 
     def run(self) -> None:
         woke = False
@@ -75,6 +102,7 @@ class Heartbeat(threading.Thread):
                     woke = True
             except redis.RedisError as exc:
                 log.warning("heartbeat failed: %s", type(exc).__name__)
+            self.run_chores(time.monotonic())
             waiting_on = self.finished if self.stop_requested.is_set() else self.stop_requested
             waiting_on.wait(self.interval_s)
 

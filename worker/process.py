@@ -21,9 +21,12 @@ from fleet.connection import connect
 from fleet.settings import QueueSettings
 from fleet.workerspec import WorkerSpec
 from worker import stream_io
-from worker.execute import decode_entries, run_batch
+from worker.execute import decode_entries, fail_exhausted, run_batch
 from worker.handlers.base import Handler, HandlerContext, load_handler
-from worker.heartbeat import BUSY, DRAINING, IDLE, LOADING, Heartbeat, WorkerStatus
+from worker.heartbeat import BUSY, DRAINING, IDLE, LOADING, Chore, Heartbeat, WorkerStatus
+from worker.housekeeping import Chores
+from worker.reclaim import Reclaimer, extend_leases
+from worker.stream_io import OutcomePolicy
 
 log = logging.getLogger("fleet.worker")
 
@@ -43,6 +46,28 @@ class Worker:
         self.heartbeat = Heartbeat(self.conn, self.status, spec.settings.worker.heartbeat_interval_s)
         self.handler = handler
         self.stopping = False
+        # one stale entry at a time: a job that kills its worker takes no batch-mates with it
+        self.reclaimer = Reclaimer(spec.queue, spec.worker_id, self.q.visibility_timeout_ms, 1)
+        self.chores = Chores(self.conn, spec.queue)
+        self.outcome_policy = OutcomePolicy(
+            result_ttl_s=self.q.result_ttl_s,
+            reply_ttl_s=spec.settings.worker.reply_ttl_s,
+            max_deliveries=self.q.max_deliveries,
+            retry_backoff_ms=self.q.retry_backoff_ms,
+            dlq_max_len=spec.settings.worker.dlq_max_len,
+        )
+        self._add_chores()
+
+    def _add_chores(self) -> None:
+        beat = self.spec.settings.worker.heartbeat_interval_s
+        self.heartbeat.chores += [
+            Chore("lease extension", self.q.visibility_timeout_ms / 3000, lambda: extend_leases(
+                self.conn, self.spec.queue, self.spec.worker_id, self.status.held)),
+            Chore("retry mover", min(beat, 0.25), self.chores.move_due_retries),
+            Chore("trim", 5.0, self.chores.trim),
+            Chore("consumer reaper", min(30.0, self.q.visibility_timeout_ms / 500),
+                  lambda: self.chores.reap_consumers(2 * self.q.visibility_timeout_ms)),
+        ]
 
     # -- signals -------------------------------------------------------------
     def request_stop(self, signum: int = signal.SIGTERM, frame: FrameType | None = None) -> None:
@@ -71,8 +96,8 @@ class Worker:
 
     def run(self) -> int:
         self.install_signals()
+        self._until_ok(self._prepare)  # queue declared and group present before we register
         self.heartbeat.start()
-        self._until_ok(self._prepare)
         self.load()
         self.status.state = IDLE
         while not self.stopping:
@@ -93,8 +118,14 @@ class Worker:
         self.heartbeat.deregister()
 
     def step(self) -> None:
-        """One read → run → write cycle."""
+        """One read → run → write cycle (stale entries of dead workers first)."""
         try:
+            if self.reclaimer.due(time.monotonic()):
+                stale, deliveries = self.reclaimer.reclaim(self.conn)
+                if stale:
+                    log.warning("worker %s reclaimed %d stale entries", self.spec.worker_id, len(stale))
+                    self.process(stale, deliveries)
+                    return
             entries = stream_io.read_batch(
                 self.read_conn,
                 self.spec.queue,
@@ -103,32 +134,35 @@ class Worker:
                 max_delay_ms=self.q.max_delay_ms,
                 block_ms=self.q.block_ms,
                 stopping=lambda: self.stopping,
+                hold=self._hold,
             )
         except redis.ResponseError:
             log.error("queue %s: consumer group missing (Redis restarted or flushed?); re-creating",
                       self.spec.queue)
             self._until_ok(self._prepare)
             return
-        except redis.ConnectionError as exc:
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
             self._backoff(exc)
             return
         if entries:
             self.process(entries)
 
-    def process(self, entries: stream_io.Entries) -> None:
+    def _hold(self, entries: stream_io.Entries) -> None:
+        self.status.held = tuple(e[0].decode() for e in entries)
+
+    def process(self, entries: stream_io.Entries, deliveries: dict[str, int] | None = None) -> None:
         assert self.handler is not None
         self.status.state = BUSY
-        batch = decode_entries(entries, self.q.max_payload_bytes, self.spec.worker_id)
+        self.status.busy_since_ms = int(time.time() * 1000)
+        self._hold(entries)
+        batch = decode_entries(entries, self.q.max_payload_bytes, self.spec.worker_id, deliveries)
+        fail_exhausted(batch, self.q.max_deliveries, self.spec.worker_id)
         run_batch(self.handler, batch, self.spec.worker_id)
         self._until_ok(
-            lambda: stream_io.write_outcomes(
-                self.conn,
-                self.spec.queue,
-                batch,
-                result_ttl_s=self.q.result_ttl_s,
-                reply_ttl_s=self.spec.settings.worker.reply_ttl_s,
-            )
+            lambda: stream_io.write_outcomes(self.conn, self.spec.queue, batch, self.outcome_policy)
         )
+        self.status.held = ()
+        self.status.busy_since_ms = None
         failed = sum(1 for w in batch if w.outcome is not None and w.outcome.status != codec.STATUS_OK)
         self.status.jobs_done += len(batch) - failed
         self.status.jobs_failed += failed
