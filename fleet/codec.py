@@ -168,14 +168,16 @@ class Outcome:
 
 def decode_outcome(data: bytes) -> Outcome:
     raw = unpack(data)
-    if not isinstance(raw, dict) or raw.get("s") not in FINAL_STATUSES:
+    if not isinstance(raw, dict) or not isinstance(raw.get("s"), str) or raw["s"] not in FINAL_STATUSES:
         raise DecodeError("not a Fleet outcome")
-    history = raw.get("h") or []
+    attempts, error, history = raw.get("a") or 1, raw.get("e"), raw.get("h") or []
+    if not isinstance(attempts, int) or not (error is None or isinstance(error, str)):
+        raise DecodeError("outcome has a malformed attempts or error field")
     return Outcome(
         status=raw["s"],
         value=raw.get("v"),
-        error=raw.get("e"),
-        attempts=int(raw.get("a") or 1),
+        error=error,
+        attempts=attempts,
         worker=str(raw.get("w") or ""),
         history=tuple(str(h) for h in history) if isinstance(history, list) else (),
     )
@@ -214,5 +216,5 @@ class QueueInfo:
                 max_backlog=int(raw["max_backlog"]),
                 result_ttl_s=int(raw["result_ttl_s"]),
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise DecodeError(f"queue info for {name!r} is malformed: {exc}") from exc

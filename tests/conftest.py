@@ -61,12 +61,18 @@ class WorkerProcs:
     def __init__(self) -> None:
         self.procs: list[subprocess.Popen[bytes]] = []
 
-    def start(self, settings: FleetSettings, queue: str, worker_id: str | None = None) -> subprocess.Popen[bytes]:
+    def start(
+        self, settings: FleetSettings, queue: str, worker_id: str | None = None, output: Path | None = None
+    ) -> subprocess.Popen[bytes]:
+        """`output`: a file that gets the worker's stdout and stderr (default: inherited)."""
         spec = WorkerSpec(settings, queue, "cpu", "cpu", (), worker_id or new_worker_id(queue, "cpu"))
         env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "worker"], stdin=subprocess.PIPE, env=env, start_new_session=True
-        )
+        with open(output or os.devnull, "ab") as sink:
+            out = sink if output is not None else None
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "worker"], stdin=subprocess.PIPE, stdout=out, stderr=out,
+                env=env, start_new_session=True,
+            )
         assert proc.stdin is not None
         proc.stdin.write(spec.to_json().encode())
         proc.stdin.close()
