@@ -17,7 +17,8 @@ from types import FrameType
 import redis
 
 from fleet import codec, keys
-from fleet.connection import connect
+from fleet.connection import connect, is_transient
+from fleet.errors import ConnectionFailed, describe
 from fleet.settings import QueueSettings
 from fleet.workerspec import WorkerSpec
 from worker import stream_io
@@ -29,6 +30,11 @@ from worker.reclaim import Reclaimer, extend_leases
 from worker.stream_io import OutcomePolicy
 
 log = logging.getLogger("fleet.worker")
+EXIT_REDIS_REFUSED = 4
+
+
+class FatalRedisError(ConnectionFailed):
+    """Redis refused us in a way retrying cannot fix (credentials, ACL, TLS)."""
 
 
 def publish_queue(conn: redis.Redis, name: str, q: QueueSettings) -> None:
@@ -95,6 +101,13 @@ class Worker:
         log.info("worker %s loaded %s in %.2fs", self.spec.worker_id, self.q.handler, self.status.load_s)
 
     def run(self) -> int:
+        try:
+            return self._run()
+        except FatalRedisError as exc:
+            log.error("worker %s: Redis refused us, not retrying: %s", self.spec.worker_id, exc)
+            return EXIT_REDIS_REFUSED
+
+    def _run(self) -> int:
         self.install_signals()
         self._until_ok(self._prepare)  # queue declared and group present before we register
         self.heartbeat.start()
@@ -142,6 +155,8 @@ class Worker:
             self._until_ok(self._prepare)
             return
         except (redis.ConnectionError, redis.TimeoutError) as exc:
+            if not is_transient(exc):
+                raise FatalRedisError(describe(exc)) from exc
             self._backoff(exc)
             return
         if entries:
@@ -188,6 +203,8 @@ class Worker:
                 self._delay_s = 0.05
                 return
             except (redis.ConnectionError, redis.TimeoutError) as exc:
+                if not is_transient(exc):
+                    raise FatalRedisError(describe(exc)) from exc
                 attempts += 1
                 if not forever and attempts >= 5:
                     log.error("worker %s: giving up after %d attempts: %s", self.spec.worker_id,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from fleet.cli import commands, demo, scale, status, submit
+from fleet.cli import acl, commands, demo, dlq, scale, status, submit
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -21,5 +21,6 @@ def main(ctx: click.Context, config: Path | None, redis_url: str | None) -> None
     ctx.obj.update(config=config, redis_url=redis_url)
 
 
-for command in (*commands.COMMANDS, submit.submit_cmd, demo.demo_cmd, scale.scale_cmd, status.status_cmd):
+for command in (*commands.COMMANDS, submit.submit_cmd, demo.demo_cmd, scale.scale_cmd, status.status_cmd,
+                dlq.dlq_cmd, acl.acl_cmd):
     main.add_command(command)
