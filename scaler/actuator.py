@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import socket
-import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -133,7 +132,3 @@ class Publisher:
 
 def _essence(record: Mapping[str, object]) -> tuple[object, ...]:
     return tuple(record.get(k) for k in ("desired", "current", "reason", "held", "mode"))
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)

@@ -136,11 +136,17 @@ def device_views(
     out = []
     for d in devices:
         t = telemetry(d)
-        # a CPU's load average is host-wide and a minute late: report it, never gate on it
-        util = None if d.vendor == "cpu" else t.utilization
-        out.append(DeviceView(d.id, util, t.memory_used_bytes, t.memory_total_bytes or d.memory_total_bytes,
-                              counts.get(d.id, 0)))
+        out.append(DeviceView(d.id, t.utilization, t.memory_used_bytes,
+                              t.memory_total_bytes or d.memory_total_bytes, counts.get(d.id, 0)))
     return tuple(out)
+
+
+def placement_views(views: Sequence[DeviceView], devices: Sequence[Device]) -> tuple[DeviceView, ...]:
+    """What the policy places on: a CPU's load average is host-wide and a minute late,
+    so it is shown by `fleet status` but never blocks a placement (the per-device
+    worker limit does)."""
+    cpus = {d.id for d in devices if d.vendor == "cpu"}
+    return tuple(replace(v, utilization=None) if v.id in cpus else v for v in views)
 
 
 def decide_on_devices(
@@ -205,6 +211,7 @@ class ScalerLoop:
         self.last: tuple[Snapshot, Decision] | None = None
         self.ticks = 0
         self.user_pinned: set[str] = set()
+        self.readings: tuple[DeviceView, ...] = ()  # device telemetry as measured, for status
         for q in settings.queues.values():  # an impossible policy fails at start, not mid-run
             queue_policy(q)
 
@@ -225,7 +232,7 @@ class ScalerLoop:
         self.state = decision.new_state
         records = {name: self.act(name, snapshot, qd) for name, qd in decision.queues.items()}
         forget = gone | self._forgotten(reading, now_s)
-        self.publisher.publish(records, snapshot.devices, forget, now_s)
+        self.publisher.publish(records, self.readings, forget, now_s)
         self.last = (snapshot, decision)
         self.ticks += 1
         return decision
@@ -254,8 +261,8 @@ class ScalerLoop:
             rate = self.rates.observe(name, acked, now_s)
             queues[name] = queue_snapshot(raw, worker_views(name, local, records),
                                           overrides.get(name, ScaleOverride()), rate)
-        devices = device_views(self.all_devices, self.telemetry, local, records, self.host)
-        return Snapshot(now_s=now_s, queues=queues, devices=devices)
+        self.readings = device_views(self.all_devices, self.telemetry, local, records, self.host)
+        return Snapshot(now_s=now_s, queues=queues, devices=placement_views(self.readings, self.all_devices))
 
     def _learn_load_time(self, queue: str, records: Sequence[WorkerRecord]) -> None:
         loads = [r.load_s for r in records if r.load_s is not None]

@@ -19,7 +19,7 @@ import signal
 import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 from scheduler.cgroups import Leaf, SliceManager, cgroup2_root, enter_command
 
@@ -69,8 +69,17 @@ def spawn_in_leaf(
     )
 
 
-def _force(proc: subprocess.Popen[bytes], leaf: Leaf | None) -> None:
-    """SIGKILL everything the worker started: its leaf, or its process group."""
+class HasPid(Protocol):
+    @property
+    def pid(self) -> int: ...
+
+
+def force_kill(proc: HasPid, leaf: Leaf | None) -> None:
+    """SIGKILL everything the worker started: its leaf, or its process group.
+
+    ``proc`` is a Popen or an adopted worker: anything with the pid that leads
+    the worker's process group (every worker starts a new session).
+    """
     if leaf is not None:
         leaf.kill()
         return
@@ -92,7 +101,7 @@ def stop(proc: subprocess.Popen[bytes], leaf: Leaf | None, drain_timeout_s: floa
         except subprocess.TimeoutExpired:
             log.warning("worker pid %d did not drain within %.1f s: killing it",
                         proc.pid, drain_timeout_s)
-    _force(proc, leaf)  # the rest of the tree, or the worker itself if still running
+    force_kill(proc, leaf)  # the rest of the tree, or the worker itself if still running
     returncode = proc.wait(timeout=FORCE_WAIT_S)
     if leaf is not None:
         if not leaf.wait_empty(FORCE_WAIT_S):

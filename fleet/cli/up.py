@@ -63,8 +63,10 @@ def scaler_loop(settings: FleetSettings) -> Iterator[RunningFleet]:
     conn = connect(settings.redis)
     publish_queues(conn, settings)
     slices = open_slice_manager(settings.scaler.cgroup_root) if settings.scaler.use_cgroups else None
-    supervisor = Supervisor(settings, slices, log_dir=settings.state_dir / "logs")
+    supervisor = Supervisor(settings, slices, log_dir=settings.state_dir / "logs", conn=conn)
     devices = {name: discover(q.device) for name, q in settings.queues.items()}
+    supervisor.adopt(d for found in devices.values() for d in found)  # before the first tick
+    supervisor.publish_host_status()
     loop = ScalerLoop(settings, supervisor, devices)
     log.info("fleet on %s: %s", redact_url(settings.redis.url),
              ", ".join(f"{n} ({q.handler}, {q.workers} on {q.device})" for n, q in settings.queues.items()))
@@ -72,9 +74,21 @@ def scaler_loop(settings: FleetSettings) -> Iterator[RunningFleet]:
         yield RunningFleet(settings, conn, supervisor, loop)
     finally:
         loop.stop.set()
-        if settings.scaler.stop_workers_on_exit:
-            supervisor.stop_all()
+        _leave(settings, supervisor)
         conn.close()
+
+
+def _leave(settings: FleetSettings, supervisor: Supervisor) -> None:
+    """Stop every worker, or leave them serving for the next scaler to adopt."""
+    if settings.scaler.stop_workers_on_exit:
+        supervisor.stop_all()
+    elif supervisor.workers:
+        log.info("leaving %d workers running (scaler.stop_workers_on_exit is false); "
+                 "the next scaler on this host adopts them", len(supervisor.workers))
+    try:
+        supervisor.withdraw_host_status()
+    except redis.RedisError as exc:
+        log.warning("could not withdraw this host's status: %s", type(exc).__name__)
 
 
 @contextmanager
