@@ -33,6 +33,7 @@ from fleet.errors import (
     QueueFull,
     UnknownQueue,
     redis_errors,
+    translate_redis_error,
 )
 from fleet.inbox import CountdownWaiter, Inbox
 from fleet.jobstate import compare_ids, status_from, value_of
@@ -285,6 +286,9 @@ class Client:
             pipe.xrange(keys.jobs(queue), job_id, job_id, 1)
             pipe.xinfo_groups(keys.jobs(queue))
             result, pending, entry, groups = pipe.execute(raise_on_error=False)
+        for reply in (result, entry):
+            if isinstance(reply, redis.RedisError):
+                raise translate_redis_error(reply)
         pending = [] if isinstance(pending, Exception) else pending
         groups = [] if isinstance(groups, Exception) else groups
         last = next(
