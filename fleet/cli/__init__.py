@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from fleet.cli import acl, commands, demo, dlq, scale, status, submit
+from fleet.cli import acl, bench, commands, demo, dlq, scale, status, submit
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -22,5 +22,5 @@ def main(ctx: click.Context, config: Path | None, redis_url: str | None) -> None
 
 
 for command in (*commands.COMMANDS, submit.submit_cmd, demo.demo_cmd, scale.scale_cmd, status.status_cmd,
-                dlq.dlq_cmd, acl.acl_cmd):
+                dlq.dlq_cmd, acl.acl_cmd, bench.bench_cmd):
     main.add_command(command)
