@@ -26,6 +26,7 @@ import redis
 from fleet.connection import connect
 from fleet.settings import FleetSettings, QueueSettings
 from scaler.actuator import Actuator, Applied, Publisher, decision_record
+from scaler.metrics import DecisionLog, ScalerMetrics
 from scaler.model import (
     Decision,
     DeviceView,
@@ -81,6 +82,13 @@ class LocalWorker:
     device_id: str
     started_s: float
     retiring: bool
+
+
+def hung_for_s(record: WorkerRecord, now_s: float) -> float:
+    """How long a worker has been inside one batch (0 when it is not busy)."""
+    if record.state != "busy" or record.busy_since_ms is None:
+        return 0.0
+    return max(0.0, now_s - record.busy_since_ms / 1000)
 
 
 def local_workers(supervisor: Supervisor, now_s: float, now_mono_s: float) -> list[LocalWorker]:
@@ -211,6 +219,8 @@ class ScalerLoop:
         self.last: tuple[Snapshot, Decision] | None = None
         self.ticks = 0
         self.user_pinned: set[str] = set()
+        self.decision_log = DecisionLog()  # logs each change of a queue's decision, counts reasons
+        self.metrics: ScalerMetrics | None = None  # set by scaler.exposition.serve_metrics
         self.readings: tuple[DeviceView, ...] = ()  # device telemetry as measured, for status
         for q in settings.queues.values():  # an impossible policy fails at start, not mid-run
             queue_policy(q)
@@ -228,6 +238,7 @@ class ScalerLoop:
         self.exited.extend(exited)
         gone = frozenset(e.worker_id for e in exited)
         reading = self.reader.read(list(self.settings.queues))
+        self.watch_workers(reading.workers, now_s)
         snapshot, decision = self.plan(reading, now_s, now_mono, gone, self.state)
         self.state = decision.new_state
         records = {name: self.act(name, snapshot, qd) for name, qd in decision.queues.items()}
@@ -235,7 +246,23 @@ class ScalerLoop:
         self.publisher.publish(records, self.readings, forget, now_s)
         self.last = (snapshot, decision)
         self.ticks += 1
+        self.decision_log.observe(decision.queues, snapshot.queues)
+        if self.metrics is not None:
+            self.metrics.observe(self)
         return decision
+
+    def watch_workers(self, records: Mapping[str, WorkerRecord], now_s: float) -> None:
+        """Mark this host's workers that got ready; kill those stuck in a batch past the
+        queue's job timeout (their entries are reclaimed and the delivery counts)."""
+        for worker_id, worker in list(self.supervisor.workers.items()):
+            record = records.get(worker_id)
+            if record is None:
+                continue
+            if record.state in ("idle", "busy"):
+                self.supervisor.mark_ready(worker_id)
+            q = self.settings.queues.get(worker.queue)
+            if q is not None and hung_for_s(record, now_s) > q.job_timeout_s:
+                self.supervisor.kill_hung(worker_id, f"busy for over {q.job_timeout_s:g}s")
 
     def plan(
         self, reading: Reading, now_s: float, now_mono_s: float, gone: frozenset[str], state: PolicyState

@@ -177,6 +177,7 @@ class WorkerRecord:
     load_s: float | None = None
     done: int = 0
     failed: int = 0
+    busy_since_ms: int | None = None
 
 
 _STATES = frozenset({"starting", "loading", "idle", "busy", "draining"})
@@ -199,6 +200,7 @@ def parse_worker(worker_id: str, data: bytes) -> WorkerRecord | None:
             last_busy_ms=_int_or_none(raw.get("last_busy_ms")),
             load_s=float(load_s) if isinstance(load_s, int | float) else None,
             done=int(raw.get("done") or 0), failed=int(raw.get("failed") or 0),
+            busy_since_ms=_int_or_none(raw.get("busy_since_ms")),
         )
     except (TypeError, ValueError):
         return None

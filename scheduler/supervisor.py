@@ -82,6 +82,7 @@ class ManagedWorker:
     retire_deadline_s: float | None = None
     isolation: AttachResult = field(default_factory=lambda: AttachResult(False, "not attempted"))
     adopted: bool = False
+    ready: bool = False  # it loaded its model and served: a later death is no start-up crash
 
     @property
     def pid(self) -> int:
@@ -318,7 +319,9 @@ class Supervisor:
 
     def _record_crash(self, worker: ManagedWorker, code: int, lived_s: float, now: float) -> None:
         record = self.crashes.setdefault(worker.queue, CrashRecord())
-        record.consecutive = 1 if lived_s > STABLE_AFTER_S else record.consecutive + 1
+        # a worker that got ready (or lived long) and then died is not a crash loop at start-up
+        stable = worker.ready or lived_s > STABLE_AFTER_S
+        record.consecutive = 1 if stable else record.consecutive + 1
         record.total += 1
         record.delay_s = restart_delay_s(record.consecutive, self.restart_base_s, self.restart_cap_s)
         record.next_spawn_s = now + record.delay_s
@@ -328,6 +331,21 @@ class Supervisor:
         log.log(level, "worker %s of queue %s crashed (%s); next spawn in %.1fs%s", worker.worker_id,
                 worker.queue, record.last_error, record.delay_s,
                 " — crash loop" if record.crashloop else "")
+
+    def mark_ready(self, worker_id: str) -> None:
+        """The worker registered as idle or busy: its model loaded."""
+        worker = self.workers.get(worker_id)
+        if worker is not None:
+            worker.ready = True
+
+    def kill_hung(self, worker_id: str, why: str) -> None:
+        """Stop a worker that is stuck in a batch: no drain, its slice is killed now."""
+        worker = self.workers.get(worker_id)
+        if worker is None or (worker.retire_deadline_s is not None and worker.retire_deadline_s <= 0):
+            return
+        log.error("worker %s is hung (%s): killing it; its jobs will be reclaimed", worker_id, why)
+        worker.retire_deadline_s = 0.0  # forced at once by the next reap
+        force_kill(worker.proc, worker.leaf)
 
     def note_healthy(self, queue: str) -> None:
         """A worker of the queue completed work: its crash streak is over."""
