@@ -12,6 +12,7 @@ of each sample) and by inclusive time. `--out DIR` keeps the raw collapsed stack
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -24,6 +25,11 @@ from fleet.benchkit import harness, noop
 from fleet.client import Client
 from fleet.connection import connect
 from fleet.logs import setup_logging
+
+
+def settings_port(settings: object) -> int:
+    url = settings.redis.url  # type: ignore[attr-defined]
+    return int(url.rsplit(":", 1)[1].split("/")[0])
 
 
 def spy(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes]:
@@ -81,6 +87,17 @@ def show(title: str, path: Path) -> None:
         print(f"    {count / total:6.1%}  {name}")
 
 
+def cpu_s(pid: int) -> float:
+    """utime + stime of a process, seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def redis_pid(port: int) -> int | None:
+    out = subprocess.run(["pgrep", "-f", f"redis-server 127.0.0.1:{port}"], capture_output=True, text=True)
+    return int(out.stdout.split()[0]) if out.stdout.strip() else None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=10.0)
@@ -99,17 +116,22 @@ def main() -> None:
             if args.no_spy
             else [
                 spy(worker, args.seconds, out / "worker.txt"),
-                spy(__import__("os").getpid(), args.seconds, out / "client.txt"),
+                spy(os.getpid(), args.seconds, out / "client.txt"),
             ]
         )
         rates = []
+        pids = {"client": os.getpid(), "worker": worker, "redis": redis_pid(settings_port(settings))}
+        before = {name: cpu_s(pid) for name, pid in pids.items() if pid}
         deadline = time.monotonic() + args.seconds
         while time.monotonic() < deadline:
             rates.append(noop.map_rate(client, harness.NOOP1, args.jobs).per_s)
+        used = {name: cpu_s(pids[name]) - was for name, was in before.items()}
         for proc in spies:
             proc.wait(60)
     print("map rates (jobs/s):", ", ".join(f"{r:,.0f}" for r in rates))
     print(f"median {statistics.median(rates):,.0f} jobs/s over {len(rates)} maps of {args.jobs}")
+    jobs = len(rates) * args.jobs
+    print("CPU per job (us): " + ", ".join(f"{n} {1e6 * t / jobs:.1f}" for n, t in used.items()))
     if not args.no_spy:
         show("client (this process)", out / "client.txt")
         show(f"worker (pid {worker})", out / "worker.txt")

@@ -155,12 +155,16 @@ class Client:
 
     def submit_many(self, queue: str, payloads: Iterable[Any]) -> list[Job]:
         """Append many jobs, pipelined in chunks; one bad payload writes nothing."""
+        return [Job(self, queue, job_id) for job_id in self._submit_ids(queue, payloads)]
+
+    def _submit_ids(self, queue: str, payloads: Iterable[Any]) -> list[str]:
+        """`submit_many` without a handle per job: the IDs, in order (map needs no more)."""
         info = self.queue_info(queue)
         encoded = encode_payloads(queue, list(payloads), info.max_payload_bytes)
         ids: list[str] = []
         for start in range(0, len(encoded), SUBMIT_CHUNK):
             ids.extend(self._run_submit(info, encoded[start : start + SUBMIT_CHUNK], None, None))
-        return [Job(self, queue, job_id) for job_id in ids]
+        return ids
 
     def _run_submit(
         self,
@@ -198,8 +202,7 @@ class Client:
         return_exceptions: bool = False,
     ) -> list[Any]:
         """Run every payload through the queue; values in input order."""
-        jobs = self.submit_many(queue, payloads)
-        ids = [job.id for job in jobs]
+        ids = self._submit_ids(queue, payloads)
         outcomes = self.wait_outcomes(queue, ids, timeout_s)
         values: list[Any] = []
         for job_id in ids:
@@ -327,15 +330,25 @@ class Client:
         conn.close()
 
     def _read_replies(self, conn: redis.Redis, last_id: bytes) -> bytes:
+        """Block on the reply stream, deliver, repeat. What was read is trimmed in the
+        same round trip as the next read (XTRIM then XREAD, pipelined), and replies
+        are parsed raw (no dict per entry): one round trip per batch of replies."""
         assert self.reply_key is not None
+        key = self.reply_key
+        conn.set_response_callback("XREAD", _raw)
+        read = ("XREAD", "COUNT", 10_000, "BLOCK", LISTEN_BLOCK_MS, "STREAMS", key)
+        trimmed = last_id
         while not self._closed.is_set():
-            resp = conn.xread({self.reply_key: last_id}, count=10_000, block=LISTEN_BLOCK_MS)
+            pipe = conn.pipeline(transaction=False)
+            if trimmed != last_id:
+                pipe.execute_command("XTRIM", key, "MINID", last_id)
+            pipe.execute_command(*read, last_id)
+            trimmed, resp = last_id, pipe.execute()[-1]
             if not resp:
                 continue
-            entries = resp[0][1]
-            self._inbox.deliver(_decode_replies(entries))
+            entries = next(iter(resp.values())) if isinstance(resp, dict) else resp[0][1]  # RESP3 / 2
+            self._inbox.deliver(_decode_raw_replies(entries))
             last_id = entries[-1][0]
-            conn.xtrim(self.reply_key, minid=last_id, approximate=False)
         return last_id
 
 
@@ -345,6 +358,26 @@ class _QueueWaiter:
 
     def put(self, job_id: str, outcome: codec.Outcome) -> None:
         self.target.put((job_id, outcome))
+
+
+def _raw(response: Any, **options: Any) -> Any:
+    return response
+
+
+def _decode_raw_replies(entries: list[list[Any]]) -> list[tuple[str, codec.Outcome]]:
+    """Reply entries as Redis sent them: [id, [field, value, ...]]. The usual shape
+    (``id``, ``o``) is read in place; any other becomes a dict for `_decode_replies`."""
+    out = []
+    for entry in entries:
+        flat = entry[1]
+        if len(flat) == 4 and flat[0] == _R_JOB_ID and flat[2] == _R_OUTCOME:
+            try:
+                out.append((flat[1].decode(), codec.decode_outcome(flat[3])))
+            except (codec.DecodeError, UnicodeDecodeError):
+                log.warning("ignored a malformed reply entry")
+        else:
+            out.extend(_decode_replies([(entry[0], dict(zip(flat[::2], flat[1::2], strict=False)))]))
+    return out
 
 
 def _decode_replies(entries: list[tuple[bytes, dict[bytes, bytes]]]) -> list[tuple[str, codec.Outcome]]:

@@ -39,8 +39,7 @@ class Inbox:
                     if len(self._arrived) > self._max_unclaimed:
                         self._arrived.popitem(last=False)
                         self.evicted += 1
-        for waiter, job_id, outcome in ready:
-            waiter.put(job_id, outcome)
+        _hand_over(ready)
 
     def register(self, job_ids: Iterable[str], waiter: Waiter) -> None:
         ready: list[tuple[str, Outcome]] = []
@@ -64,6 +63,22 @@ class Inbox:
             return len(self._waiting)
 
 
+def _hand_over(ready: list[tuple[Waiter, str, Outcome]]) -> None:
+    """Give each waiter its outcomes: all at once where it takes a batch (`put_many`)."""
+    if not ready:
+        return
+    by_waiter: dict[int, tuple[Waiter, list[tuple[str, Outcome]]]] = {}
+    for waiter, job_id, outcome in ready:
+        by_waiter.setdefault(id(waiter), (waiter, []))[1].append((job_id, outcome))
+    for waiter, items in by_waiter.values():
+        put_many = getattr(waiter, "put_many", None)
+        if put_many is not None:
+            put_many(items)
+        else:
+            for job_id, outcome in items:
+                waiter.put(job_id, outcome)
+
+
 class CountdownWaiter:
     """Thread-side waiter for a set of jobs: one Event for the whole set."""
 
@@ -76,10 +91,15 @@ class CountdownWaiter:
             self.done.set()
 
     def put(self, job_id: str, outcome: Outcome) -> None:
+        self.put_many([(job_id, outcome)])
+
+    def put_many(self, items: Iterable[tuple[str, Outcome]]) -> None:
+        """Several outcomes under one lock; the event is set once, when the last arrives."""
         with self._lock:
-            if job_id in self.results:
-                return
-            self.results[job_id] = outcome
-            self._remaining -= 1
+            results = self.results
+            for job_id, outcome in items:
+                if job_id not in results:
+                    results[job_id] = outcome
+                    self._remaining -= 1
             if self._remaining <= 0:
                 self.done.set()
