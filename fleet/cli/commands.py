@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import sys
 
 import click
@@ -101,22 +103,29 @@ def devices_cmd(selector: str, as_json: bool) -> None:
 @click.pass_context
 @handle_errors
 def job_cmd(ctx: click.Context, queue: str, job_id: str, as_json: bool) -> None:
-    """Show one job's state and outcome."""
+    """Show one job's state and outcome (state: queued, running, retrying, done, failed, dead)."""
+    if not re.fullmatch(r"[0-9]{1,20}-[0-9]{1,20}", job_id):
+        raise click.BadParameter(f"{job_id!r} is not a job ID (they look like 1733234567890-0)",
+                                 param_hint="JOB_ID")
     settings = load_connected(ctx)
     with Client(settings.redis, reply=False) as client:
+        client.queue_info(queue)  # UnknownQueue for a queue no fleet declared
         status = client.job_status(queue, job_id)
         outcome = None
         if status in ("done", "failed", "dead"):
             outcome = client.wait_outcomes(queue, [job_id], 0.0)[job_id]
-    data = {"queue": queue, "id": job_id, "status": status}
+    data: dict[str, object] = {"queue": queue, "id": job_id, "status": status}
     if outcome is not None:
         data.update(value=outcome.value, error=outcome.error, attempts=outcome.attempts,
                     worker=outcome.worker, history=list(outcome.history))
     if as_json:
         emit_json(data)
-    else:
-        for key, value in data.items():
-            click.echo(f"{key:>9}: {value}")
+        return
+    for key, value in data.items():
+        if value in (None, []) and key in ("error", "history"):
+            continue
+        shown = json.dumps(value, default=repr) if key == "value" else value
+        click.echo(f"{key:>9}: {shown}")
 
 
 COMMANDS = (up_cmd, scaler_cmd, worker_cmd, devices_cmd, job_cmd)
