@@ -1,6 +1,6 @@
-"""Profile the client and one no-op worker under `map` load, with py-spy.
+"""Profile the client and one no-op worker under `map` (or one-submit-per-job) load, with py-spy.
 
-    .venv/bin/python benchmarks/profile_noop.py [--seconds 10] [--jobs 20000] [--no-spy]
+    .venv/bin/python benchmarks/profile_noop.py [--seconds 10] [--jobs 20000] [--no-spy] [--mode submit]
 
 Brings up the benchmark's fleet (no embed queue), runs `map` of `--jobs` echo
 jobs on the 1-worker queue over and over for `--seconds`, and prints each map's
@@ -98,12 +98,24 @@ def redis_pid(port: int) -> int | None:
     return int(out.stdout.split()[0]) if out.stdout.strip() else None
 
 
+def load(client: Client, mode: str, jobs: int) -> float:
+    if mode == "map":
+        return noop.map_rate(client, harness.NOOP1, jobs).per_s
+    return noop.threaded_submit_rate(client, harness.NOOP1, jobs // 10, 16).per_s
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--jobs", type=int, default=20_000)
     parser.add_argument("--no-spy", action="store_true")
     parser.add_argument("--out", type=Path)
+    parser.add_argument(
+        "--mode",
+        choices=["map", "submit"],
+        default="map",
+        help="map: map of --jobs; submit: 16 threads, one submit + result per job",
+    )
     args = parser.parse_args()
     setup_logging("WARNING")
     out = args.out or Path(tempfile.mkdtemp(prefix="fleet-profile-"))
@@ -124,13 +136,13 @@ def main() -> None:
         before = {name: cpu_s(pid) for name, pid in pids.items() if pid}
         deadline = time.monotonic() + args.seconds
         while time.monotonic() < deadline:
-            rates.append(noop.map_rate(client, harness.NOOP1, args.jobs).per_s)
+            rates.append(load(client, args.mode, args.jobs))
         used = {name: cpu_s(pids[name]) - was for name, was in before.items()}
         for proc in spies:
             proc.wait(60)
     print("map rates (jobs/s):", ", ".join(f"{r:,.0f}" for r in rates))
-    print(f"median {statistics.median(rates):,.0f} jobs/s over {len(rates)} maps of {args.jobs}")
-    jobs = len(rates) * args.jobs
+    print(f"median {statistics.median(rates):,.0f} jobs/s over {len(rates)} rounds ({args.mode})")
+    jobs = len(rates) * (args.jobs if args.mode == "map" else args.jobs // 10 // 16 * 16)
     print("CPU per job (us): " + ", ".join(f"{n} {1e6 * t / jobs:.1f}" for n, t in used.items()))
     if not args.no_spy:
         show("client (this process)", out / "client.txt")

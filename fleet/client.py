@@ -38,7 +38,7 @@ from fleet.errors import (
 from fleet.inbox import CountdownWaiter, Inbox
 from fleet.jobstate import compare_ids, status_from, value_of
 from fleet.settings import RedisSettings
-from fleet.submit import SUBMIT_CHUNK, SUBMIT_LUA, build_call, encode_payloads, parse_reply
+from fleet.submit import SUBMIT_CHUNK, SUBMIT_LUA, Coalescer, build_call, encode_payloads, parse_reply
 
 log = logging.getLogger("fleet.client")
 QUEUE_INFO_TTL_S = 10.0
@@ -103,6 +103,9 @@ class Client:
         self._listener_conn_id: int | None = None
         self._closed = threading.Event()
         self._start_lock = threading.Lock()
+        self._coalescer = Coalescer(
+            lambda queue, encoded: self._run_submit(self.queue_info(queue), encoded, None, None), QueueFull
+        )
 
     # -- lifecycle ---------------------------------------------------------
     def __enter__(self) -> Client:
@@ -150,6 +153,8 @@ class Client:
         """Append one job; returns its handle as soon as Redis has it."""
         info = self.queue_info(queue)
         encoded = encode_payloads(queue, [payload], info.max_payload_bytes)
+        if idempotency_key is None and deadline_s is None:  # concurrent plain submits share a call
+            return Job(self, queue, self._coalescer.submit(queue, encoded[0]))
         ids = self._run_submit(info, encoded, idempotency_key, deadline_s)
         return Job(self, queue, ids[0])
 

@@ -7,7 +7,9 @@ One round trip per call, for one job or a chunk of many. The script returns
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import sys
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,3 +89,80 @@ def parse_reply(reply: list[Any]) -> tuple[str, list[str]]:
     status = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
     ids = [r.decode() if isinstance(r, bytes) else str(r) for r in reply[1:]]
     return status, ids
+
+
+class _Slot:
+    __slots__ = ("done", "encoded", "error", "job_id", "lead")
+
+    def __init__(self, encoded: bytes) -> None:
+        self.encoded = encoded
+        self.done = threading.Event()
+        self.lead = False
+        self.job_id: str | None = None
+        self.error: BaseException | None = None
+
+
+class Coalescer:
+    """Group commit for concurrent one-job submits to the same queue.
+
+    While one thread's script call is in flight, other threads' submits to that
+    queue wait; when it returns, the first waiter leads and sends every waiting job
+    in one call. A lone submit is sent at once, as before. `run(queue, encoded)`
+    appends the jobs and returns their IDs in order. A shared call that finds the
+    queue full is retried one job at a time, so each job is admitted or refused
+    exactly as it would be alone.
+    """
+
+    def __init__(self, run: Callable[[str, list[bytes]], list[str]], full: type[Exception]) -> None:
+        self._run, self._full = run, full
+        self._lock = threading.Lock()
+        self._waiting: dict[str, list[_Slot]] = {}
+        self._busy: set[str] = set()
+
+    def submit(self, queue: str, encoded: bytes) -> str:
+        slot = _Slot(encoded)
+        with self._lock:
+            self._waiting.setdefault(queue, []).append(slot)
+            if queue not in self._busy:
+                self._busy.add(queue)
+                slot.lead = True
+        if not slot.lead:
+            slot.done.wait()
+        if slot.job_id is None and slot.error is None:  # leading: first in, or promoted
+            self._lead(queue)
+        if slot.error is not None:
+            raise slot.error
+        assert slot.job_id is not None
+        return slot.job_id
+
+    def _lead(self, queue: str) -> None:
+        with self._lock:
+            batch = self._waiting.pop(queue, [])
+        try:
+            self._send(queue, batch)
+        finally:
+            with self._lock:
+                following = self._waiting.get(queue)
+                if following:
+                    following[0].lead = True
+                else:
+                    self._busy.discard(queue)
+            for slot in batch:
+                slot.done.set()
+            if following:
+                following[0].done.set()
+
+    def _send(self, queue: str, batch: list[_Slot]) -> None:
+        try:
+            ids = self._run(queue, [s.encoded for s in batch])
+            for slot, job_id in zip(batch, ids, strict=True):
+                slot.job_id = job_id
+        except self._full:
+            if len(batch) == 1:
+                batch[0].error = sys.exc_info()[1]
+                return
+            for slot in batch:
+                self._send(queue, [slot])
+        except BaseException as exc:
+            for slot in batch:
+                slot.error = exc

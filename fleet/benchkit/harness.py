@@ -173,13 +173,12 @@ def _latency(settings: FleetSettings, sizes: Sizes) -> dict[str, Any]:
 
 def _embed(settings: FleetSettings, conn: redis.Redis, sentences: list[str], sizes: Sizes) -> dict[str, Any]:
     with Client(settings.redis) as client:
-        rate, fill = embed.fleet_rate(client, conn, EMBED, sentences, sizes.embed_batch)
-    direct = embed.direct_rate(sentences, sizes.embed_batch)
+        rates = embed.compare(client, conn, EMBED, sentences, sizes.embed_batch)
     return {
         "sentences": len(sentences),
         "batch": sizes.embed_batch,
-        "fleet_sentences_per_s": rate.per_s,
-        "direct_sentences_per_s": direct.per_s,
-        "mean_batch": fill.mean_batch,
-        "batch_fill": fill.fill,
+        "fleet_sentences_per_s": rates.fleet.per_s,
+        "direct_sentences_per_s": rates.direct.per_s,
+        "mean_batch": rates.fill.mean_batch,
+        "batch_fill": rates.fill.fill,
     }
