@@ -28,6 +28,7 @@ from fleet import codec, keys
 from fleet.connection import connect
 from fleet.errors import (
     ClientClosed,
+    FleetError,
     InvalidPayload,
     JobTimeout,
     QueueFull,
@@ -127,6 +128,8 @@ class Client:
 
     # -- queues --------------------------------------------------------------
     def queue_info(self, queue: str) -> codec.QueueInfo:
+        if self._closed.is_set():
+            raise ClientClosed("the client is closed")
         cached = self._queue_info.get(queue)
         now = time.monotonic()
         if cached is not None and now - cached[0] < QUEUE_INFO_TTL_S:
@@ -137,7 +140,10 @@ class Client:
             raw = self._redis.hget(keys.QUEUES, queue)
         if raw is None:
             raise UnknownQueue(queue)
-        info = codec.QueueInfo.decode(queue, raw)
+        try:
+            info = codec.QueueInfo.decode(queue, raw)
+        except codec.DecodeError as exc:
+            raise FleetError(f"queue {queue!r} is declared with unreadable settings: {exc}") from None
         self._queue_info[queue] = (now, info)
         return info
 
@@ -208,38 +214,46 @@ class Client:
     ) -> list[Any]:
         """Run every payload through the queue; values in input order."""
         ids = self._submit_ids(queue, payloads)
-        outcomes = self.wait_outcomes(queue, ids, timeout_s)
+        outcomes = self.wait_outcomes(queue, ids, timeout_s, partial=return_exceptions)
         values: list[Any] = []
         for job_id in ids:
             try:
+                if job_id not in outcomes:
+                    raise JobTimeout(job_id, timeout_s or 0.0)
                 values.append(value_of(job_id, outcomes[job_id]))
-            except Exception as exc:
+            except FleetError as exc:
                 if not return_exceptions:
                     raise
                 values.append(exc)
         return values
 
     def wait_outcomes(
-        self, queue: str, job_ids: Sequence[str], timeout_s: float | None
+        self, queue: str, job_ids: Sequence[str], timeout_s: float | None, *, partial: bool = False
     ) -> dict[str, codec.Outcome]:
-        """Block until every job has an outcome (pushed to our reply stream)."""
+        """Block until every job has an outcome (pushed to our reply stream; a client
+        made with reply=False looks in the result keys instead, backing off).
+        `partial`: on timeout return what arrived instead of raising JobTimeout."""
         waiter = CountdownWaiter(len(set(job_ids)))
         self._inbox.register(job_ids, waiter)
         if self.reply_key is not None:
             self._ensure_listener()
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        poll_s = 0.02
         while not waiter.done.is_set():
             if self._closed.is_set():
                 raise ClientClosed("client closed while waiting for jobs")
             left = 1.0 if deadline is None else min(1.0, deadline - time.monotonic())
             if left <= 0:
                 break
+            if self.reply_key is None:  # nothing is pushed to us: look, then wait a little longer
+                self._fetch_missing(queue, job_ids, waiter)
+                left, poll_s = min(left, poll_s), min(poll_s * 2, 1.0)
             waiter.done.wait(left)
         if not waiter.done.is_set():
             self._inbox.unregister(job_ids)
             self._fetch_missing(queue, job_ids, waiter)
         missing = [j for j in job_ids if j not in waiter.results]
-        if missing:
+        if missing and not partial:
             raise JobTimeout(missing[0], timeout_s or 0.0)
         return waiter.results
 

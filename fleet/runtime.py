@@ -44,3 +44,52 @@ def resolve_redis(settings: FleetSettings) -> FleetSettings:
         update={"url": data["url"], "password_file": Path(data["password_file"])}
     )
     return settings.model_copy(update={"redis": redis})
+
+
+class StateDirLock:
+    """One `fleet up` per state dir: an exclusive flock on <state_dir>/fleet.lock."""
+
+    def __init__(self, settings: FleetSettings) -> None:
+        self.path = settings.state_dir / "fleet.lock"
+        self._fd: int | None = None
+
+    def __enter__(self) -> StateDirLock:
+        import fcntl
+
+        from fleet.errors import FleetError
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise FleetError(f"another `fleet up` (pid {holder}) is running with state dir "
+                             f"{self.path.parent}; stop it first or use another state_dir") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing releases the lock
+            self._fd = None
+
+
+def surviving_private_redis(settings: FleetSettings) -> RedisSettings | None:
+    """The private redis-server a killed `fleet up` left running, if it still answers."""
+    import redis as redis_py
+
+    found = resolve_redis(settings)
+    if settings.redis.url is not None or found.redis.url is None:
+        return None
+    try:
+        conn = redis_py.Redis.from_url(found.redis.url, password=found.redis.resolved_password(),
+                                       socket_connect_timeout=0.5, socket_timeout=1)
+        with conn:
+            conn.ping()
+    except (redis_py.RedisError, OSError):
+        return None
+    return found.redis

@@ -108,10 +108,15 @@ def _dead_letter(pipe: Any, queue: str, work: Work, outcome: codec.Outcome, max_
 def write_outcomes(conn: redis.Redis, queue: str, batch: Sequence[Work], policy: OutcomePolicy) -> None:
     """Results, replies, retries, dead letters and acks for the batch in one round trip.
 
+    One MULTI/EXEC: the acks land only with the outcomes. A command Redis refuses
+    when it is queued (out of memory, read-only replica) aborts the whole
+    transaction, so nothing is acknowledged without its outcome and the caller
+    retries. An error of one command at run time (a reply key that is not a
+    stream) costs only that command: it is logged, the rest stands.
     The result is written only if none exists (SET NX): a job run twice after a
     reclaim race keeps exactly one final outcome.
     """
-    pipe = conn.pipeline(transaction=False)
+    pipe = conn.pipeline(transaction=True)
     replies: set[str | None] = set()
     now_ms = int(time.time() * 1000)
     for work in batch:
@@ -132,7 +137,11 @@ def write_outcomes(conn: redis.Redis, queue: str, batch: Sequence[Work], policy:
     for reply in replies - {None}:
         pipe.expire(reply, policy.reply_ttl_s)  # type: ignore[arg-type]
     pipe.xack(keys.jobs(queue), keys.GROUP, *[w.entry_id for w in batch])
-    pipe.execute()
+    results = pipe.execute(raise_on_error=False)
+    failures = [r for r in results if isinstance(r, Exception)]
+    if failures:
+        log.error("queue %s: %d of %d writes of a batch were refused (first: %s); the rest stand",
+                  queue, len(failures), len(results), failures[0])
 
 
 def delete_consumer_if_idle(conn: redis.Redis, queue: str, consumer: str) -> bool:

@@ -5,11 +5,17 @@ from __future__ import annotations
 import datetime as dt
 
 import click
+import redis
 
-from fleet import dlq
+from fleet import dlq, keys
 from fleet.cli.common import emit_json, handle_errors, load_connected, table
 from fleet.connection import connect
-from fleet.errors import FleetError
+from fleet.errors import FleetError, UnknownQueue
+
+
+def require_queue(conn: redis.Redis, queue: str) -> None:
+    if not keys.valid_queue_name(queue) or not conn.hexists(keys.QUEUES, queue):
+        raise UnknownQueue(queue)
 
 
 def _when(ms: int) -> str:
@@ -35,6 +41,7 @@ def dlq_cmd() -> None:
 def ls_cmd(ctx: click.Context, queue: str, count: int, as_json: bool) -> None:
     """List the newest dead letters of QUEUE."""
     conn = connect(load_connected(ctx).redis)
+    require_queue(conn, queue)
     letters = dlq.list_dead(conn, queue, count)
     if as_json:
         emit_json([_as_dict(d) for d in letters])
@@ -51,7 +58,9 @@ def ls_cmd(ctx: click.Context, queue: str, count: int, as_json: bool) -> None:
 @handle_errors
 def show_cmd(ctx: click.Context, queue: str, job_id: str, as_json: bool) -> None:
     """Show one dead job: its payload, error and every attempt's error."""
-    letter = dlq.find(connect(load_connected(ctx).redis), queue, job_id)
+    conn = connect(load_connected(ctx).redis)
+    require_queue(conn, queue)
+    letter = dlq.find(conn, queue, job_id)
     if letter is None:
         raise FleetError(f"no dead letter for job {job_id} in queue {queue!r}")
     data = _as_dict(letter)
@@ -75,6 +84,7 @@ def replay_cmd(ctx: click.Context, queue: str, job_ids: tuple[str, ...], replay_
     if not job_ids and not replay_all:
         raise click.UsageError("name JOB_IDS or pass --all")
     conn = connect(load_connected(ctx).redis)
+    require_queue(conn, queue)
     if replay_all:
         letters = dlq.list_dead(conn, queue, 100_000)
     else:

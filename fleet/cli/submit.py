@@ -59,6 +59,8 @@ def load_payloads(file: Path | None, csv_path: Path | None, column: str | None) 
         return read_jsonl(file) if file is not None else read_csv_column(csv_path, column)  # type: ignore[arg-type]
     except OSError as exc:
         raise ConfigError(f"cannot read {file or csv_path}: {exc.strerror}") from None
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise ConfigError(f"{file or csv_path} is not a UTF-8 text file of jobs: {exc}") from None
 
 
 @click.command("submit")
