@@ -101,6 +101,7 @@ def worker_grants(settings: FleetSettings) -> list[Grant]:
         Grant(("zadd", "zrem", "zrange", "zrangebyscore", "zcard", "zscore"), _each(queues, keys.delayed)),
         Grant(("evalsha", "script|load"), _each(queues, keys.delayed) + _each(queues, keys.jobs)),
         Grant(("hset", "hdel", "hget"), (keys.WORKERS, keys.QUEUES)),
+        Grant(("xadd",), (keys.EXITS,), write_only=True),  # last counts on a clean exit
     ]
 
 

@@ -18,12 +18,18 @@ Redis Cluster slot. Nobody else spells a key by hand.
 | fleet:decisions              | hash   | scaler            | ``fleet status``  | queue -> last decision |
 | fleet:hosts                  | hash   | scaler supervisor | ``fleet status``  | host -> status, by age |
 | fleet:devices                | hash   | scaler            | ``fleet status``  | host/device -> reading |
+| fleet:exits                  | stream | worker (on exit)  | scaler metrics    | MAXLEN ~ 10000         |
 
 Job stream entry fields (the entry ID *is* the job ID): ``p`` payload (msgpack
 bytes), ``t`` enqueue time ms, optional ``reply`` (reply stream key), optional
 ``deadline`` (epoch ms), optional ``key`` (idempotency key), ``n`` earlier
 deliveries carried over from retries (absent on a first submit), ``h`` error
 history and ``o`` the original job ID (both only on a retried copy).
+
+A worker's ``fleet:workers`` entry carries its cumulative counters in ``stats``
+(format: `fleet.telemetry`). On a clean exit it appends that entry once more to
+``fleet:exits`` (fields ``id`` worker ID, ``w`` the entry) before removing it, so
+the scaler's /metrics totals keep the work done since the last heartbeat.
 """
 
 from __future__ import annotations
@@ -65,6 +71,10 @@ DECISIONS = f"{PREFIX}:decisions"
 # scaler, deleted when it exits; a stale beat_ms means that scaler is gone.
 HOSTS = f"{PREFIX}:hosts"
 DEVICES = f"{PREFIX}:devices"
+EXITS = f"{PREFIX}:exits"
+# fleet:exits entry fields
+X_WORKER_ID = "id"
+X_ENTRY = "w"
 
 
 def valid_queue_name(queue: str) -> bool:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import redis
 
 from fleet import codec, keys
+from worker.stats import WorkerStats, publish_final
 
 log = logging.getLogger("fleet.worker")
 
@@ -38,6 +39,7 @@ class WorkerStatus:
     jobs_failed: int = 0
     busy_since_ms: int | None = None
     held: tuple[str, ...] = ()  # entry IDs read and not yet acknowledged
+    stats: WorkerStats = field(default_factory=WorkerStats)  # counters for /metrics (worker.stats)
 
     def encode(self) -> bytes:
         return codec.pack(
@@ -54,6 +56,7 @@ class WorkerStatus:
                 "load_s": self.load_s,
                 "done": self.jobs_done,
                 "failed": self.jobs_failed,
+                "stats": self.stats.encode(),
             }
         )
 
@@ -107,6 +110,10 @@ class Heartbeat(threading.Thread):
             waiting_on.wait(self.interval_s)
 
     def deregister(self) -> None:
+        """Leave the registry; the last counts go to ``fleet:exits`` in the same round trip."""
         self.finished.set()
         with contextlib.suppress(redis.RedisError):
-            self.conn.hdel(keys.WORKERS, self.status.worker_id)
+            pipe = self.conn.pipeline(transaction=False)
+            publish_final(pipe, self.status.worker_id, self.status.encode())
+            pipe.hdel(keys.WORKERS, self.status.worker_id)
+            pipe.execute()

@@ -98,7 +98,8 @@ class Worker:
         )
         self.handler.load(ctx)
         self.status.load_s = time.monotonic() - started
-        log.info("worker %s loaded %s in %.2fs", self.spec.worker_id, self.q.handler, self.status.load_s)
+        log.info("worker %s loaded %s in %.2fs", self.spec.worker_id, self.q.handler, self.status.load_s,
+                 extra=self._event("loaded", load_s=round(self.status.load_s, 3)))
 
     def run(self) -> int:
         try:
@@ -107,8 +108,16 @@ class Worker:
             log.error("worker %s: Redis refused us, not retrying: %s", self.spec.worker_id, exc)
             return EXIT_REDIS_REFUSED
 
+    def _event(self, event: str, **more: object) -> dict[str, object]:
+        """`extra=` for a lifecycle log line: JSON logs (`log_json`) get these as fields."""
+        s = self.spec
+        return {"fields": {"event": f"worker.{event}", "worker": s.worker_id, "queue": s.queue,
+                           "device": s.device_id, "pid": os.getpid(), **more}}
+
     def _run(self) -> int:
         self.install_signals()
+        log.info("worker %s started (pid %d) for queue %s on %s", self.spec.worker_id, os.getpid(),
+                 self.spec.queue, self.spec.device_id, extra=self._event("started"))
         self._until_ok(self._prepare)  # queue declared and group present before we register
         self.heartbeat.start()
         self.load()
@@ -116,8 +125,10 @@ class Worker:
         while not self.stopping:
             self.step()
         self.status.state = DRAINING
+        log.info("worker %s draining", self.spec.worker_id, extra=self._event("draining"))
         self._until_ok(self._finish, forever=False)
-        log.info("worker %s drained and stopped", self.spec.worker_id)
+        log.info("worker %s drained and stopped", self.spec.worker_id, extra=self._event(
+            "stopped", jobs_done=self.status.jobs_done, jobs_failed=self.status.jobs_failed))
         return 0
 
     def _prepare(self) -> None:
@@ -170,12 +181,18 @@ class Worker:
         self.status.state = BUSY
         self.status.busy_since_ms = int(time.time() * 1000)
         self._hold(entries)
+        self.status.stats.begin_batch(len(entries))
         batch = decode_entries(entries, self.q.max_payload_bytes, self.spec.worker_id, deliveries)
         fail_exhausted(batch, self.q.max_deliveries, self.spec.worker_id)
+        ran_at = time.perf_counter()
         run_batch(self.handler, batch, self.spec.worker_id)
+        inference_s = time.perf_counter() - ran_at
         self._until_ok(
             lambda: stream_io.write_outcomes(self.conn, self.spec.queue, batch, self.outcome_policy)
         )
+        self.status.stats.record_batch(  # metrics (worker.stats): once per batch
+            batch, max_batch=self.q.max_batch, max_deliveries=self.q.max_deliveries,
+            read_ms=self.status.busy_since_ms or 0, done_ms=int(time.time() * 1000), inference_s=inference_s)
         self.status.held = ()
         self.status.busy_since_ms = None
         failed = sum(1 for w in batch if w.outcome is not None and w.outcome.status != codec.STATUS_OK)

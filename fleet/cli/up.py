@@ -18,6 +18,7 @@ from fleet.redis_server import RedisServer, new_password
 from fleet.runtime import forget_private_redis, record_private_redis
 from fleet.settings import FleetSettings
 from scaler.daemon import ScalerLoop
+from scaler.exposition import serve_metrics
 from scheduler.devices import discover
 from scheduler.spawn import open_slice_manager
 from scheduler.supervisor import Supervisor
@@ -70,10 +71,13 @@ def scaler_loop(settings: FleetSettings) -> Iterator[RunningFleet]:
     loop = ScalerLoop(settings, supervisor, devices)
     log.info("fleet on %s: %s", redact_url(settings.redis.url),
              ", ".join(f"{n} ({q.handler}, {q.workers} on {q.device})" for n, q in settings.queues.items()))
+    metrics = serve_metrics(settings, loop)  # /metrics and /healthz; None when metrics_port is 0
     try:
         yield RunningFleet(settings, conn, supervisor, loop)
     finally:
         loop.stop.set()
+        if metrics is not None:
+            metrics.stop()
         _leave(settings, supervisor)
         conn.close()
 
