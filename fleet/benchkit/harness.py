@@ -51,11 +51,13 @@ QUICK = Sizes(
 def bench_settings(url: str, state_dir: Path, sizes: Sizes, with_embed: bool = True) -> FleetSettings:
     noop = {"handler": "echo", "max_batch": sizes.noop_max_batch, "max_delay_ms": 0, "device": "cpu"}
     queues = {
-        NOOP1: QueueSettings(**noop, workers=1),  # type: ignore[arg-type]
-        NOOP2: QueueSettings(**noop, workers=2),  # type: ignore[arg-type]
+        NOOP1: QueueSettings.model_validate({**noop, "workers": 1}),
+        NOOP2: QueueSettings.model_validate({**noop, "workers": 2}),
     }
     if with_embed:
-        queues[EMBED] = QueueSettings(handler="embed", max_batch=sizes.embed_batch, device="cpu")
+        queues[EMBED] = QueueSettings.model_validate(
+            {"handler": "embed", "max_batch": sizes.embed_batch, "device": "cpu"}
+        )
     return FleetSettings(
         redis={"url": url},  # type: ignore[arg-type]
         queues=queues,
@@ -85,7 +87,8 @@ def bench_fleet(sizes: Sizes, with_embed: bool = True) -> Iterator[FleetSettings
 def worker_pids(conn: redis.Redis) -> dict[str, list[int]]:
     """Queue -> PIDs of its workers that have loaded their handler."""
     pids: dict[str, list[int]] = {}
-    for raw in conn.hvals(keys.WORKERS):
+    raws: list[bytes] = conn.hvals(keys.WORKERS)  # type: ignore[assignment]
+    for raw in raws:
         info = codec.unpack(raw)
         if isinstance(info, dict) and info.get("state") in ("idle", "busy"):
             pids.setdefault(str(info.get("queue")), []).append(int(info["pid"]))
