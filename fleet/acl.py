@@ -93,7 +93,7 @@ def submitter_grants(settings: FleetSettings, client_prefix: str) -> list[Grant]
 def worker_grants(settings: FleetSettings) -> list[Grant]:
     queues = _queues(settings)
     return [
-        Grant(_CONNECTION),
+        Grant((*_CONNECTION, "multi", "exec", "discard")),  # a batch's outcomes and acks: one MULTI/EXEC
         Grant(_GROUP, _each(queues, keys.jobs)),
         Grant(("set", "get"), _each(queues, lambda q: keys.result(q, "*"))),
         Grant(("xadd", "expire"), (keys.reply("*"),), write_only=True),

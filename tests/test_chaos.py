@@ -30,9 +30,9 @@ def chaos_settings(url: str, trace: Path, state: Path) -> FleetSettings:
     return FleetSettings(
         redis={"url": url, "socket_timeout_s": 2, "connect_timeout_s": 1},  # type: ignore[arg-type]
         queues={"chaos": {  # type: ignore[dict-item]
-            "handler": "sleep", "max_batch": 20, "max_delay_ms": 0, "workers": 2, "min_workers": 2,
+            "handler": "sleep", "max_batch": 10, "max_delay_ms": 0, "workers": 2, "min_workers": 2,
             "device": "cpu", "visibility_timeout_ms": 1000, "max_deliveries": 20, "block_ms": 300,
-            "handler_options": {"ms_per_batch": 5, "trace_dir": str(trace)},
+            "handler_options": {"ms_per_batch": 25, "trace_dir": str(trace)},
         }},
         worker={"heartbeat_interval_s": 0.2},  # type: ignore[arg-type]
         scaler={"tick_s": 0.2, "autoscale": False, "use_cgroups": False},  # type: ignore[arg-type]
@@ -51,7 +51,9 @@ def executions(trace: Path) -> dict[int, list[int]]:
 
 
 class Chaos(threading.Thread):
-    """Every half second, SIGKILL one live worker of the fleet."""
+    """Every half second, SIGKILL one serving worker of the fleet (one that loaded its
+    model: killing workers still starting would be a crash loop, which the supervisor
+    rightly backs off from — tested in test_supervisor)."""
 
     def __init__(self, supervisor, period_s: float = 0.5) -> None:
         super().__init__(daemon=True)
@@ -62,7 +64,8 @@ class Chaos(threading.Thread):
 
     def run(self) -> None:
         while not self.stop.wait(self.period_s):
-            live = [w for w in list(self.supervisor.workers.values()) if w.retire_deadline_s is None]
+            live = [w for w in list(self.supervisor.workers.values())
+                    if w.retire_deadline_s is None and w.ready]
             if live:
                 victim = self.rng.choice(live)
                 try:
@@ -113,7 +116,7 @@ def test_chaos_loses_nothing(tmp_path):
         # a job run n times: at least n - 1 of the runs were on workers killed while holding it
         bad = {p: pids for p, pids in twice.items() if len(set(pids) & killed) < len(pids) - 1}
         assert not bad, f"a live worker's job ran twice: {sorted(bad.items())[:10]}; killed {sorted(killed)}"
-        assert len(chaos.killed) >= 5
+        assert len(chaos.killed) >= 10
         print(f"\nchaos: {JOBS} jobs, {len(chaos.killed)} workers SIGKILLed, 1 redis SIGKILL+restart, "
               f"lost 0, ran twice {len(twice)}, wall {time.monotonic() - started:.1f}s, "
               f"redis restart to next outcome {first_after:.2f}s, to done {recovered_s:.1f}s")

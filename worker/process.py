@@ -31,6 +31,13 @@ from worker.stream_io import OutcomePolicy
 
 log = logging.getLogger("fleet.worker")
 EXIT_REDIS_REFUSED = 4
+# refusals that pass: memory freed, a replica promoted, a dataset loaded
+TRANSIENT_REFUSALS = (
+    redis.exceptions.OutOfMemoryError,
+    redis.exceptions.ExecAbortError,
+    redis.exceptions.BusyLoadingError,
+    redis.exceptions.ReadOnlyError,
+)
 
 
 class FatalRedisError(ConnectionFailed):
@@ -88,8 +95,7 @@ class Worker:
     def load(self) -> None:
         self.status.state = LOADING
         started = time.monotonic()
-        if self.handler is None:
-            self.handler = load_handler(self.q.handler)
+        assert self.handler is not None
         ctx = HandlerContext(
             queue=self.spec.queue,
             device_vendor=self.spec.device_vendor,
@@ -118,9 +124,15 @@ class Worker:
         self.install_signals()
         log.info("worker %s started (pid %d) for queue %s on %s", self.spec.worker_id, os.getpid(),
                  self.spec.queue, self.spec.device_id, extra=self._event("started"))
+        if self.handler is None:
+            self.handler = load_handler(self.q.handler)  # an unknown handler fails before any write
         self._until_ok(self._prepare)  # queue declared and group present before we register
         self.heartbeat.start()
-        self.load()
+        try:
+            self.load()
+        except BaseException:
+            self.heartbeat.deregister()  # no ghost entry for a worker that never served
+            raise
         self.status.state = IDLE
         while not self.stopping:
             self.step()
@@ -160,9 +172,12 @@ class Worker:
                 stopping=lambda: self.stopping,
                 hold=self._hold,
             )
-        except redis.ResponseError:
-            log.error("queue %s: consumer group missing (Redis restarted or flushed?); re-creating",
-                      self.spec.queue)
+        except TRANSIENT_REFUSALS as exc:  # out of memory, loading, read-only: wait it out
+            self._backoff(exc)
+            return
+        except redis.ResponseError as exc:
+            log.error("queue %s: %s (group missing after a restart or flush?); re-creating it",
+                      self.spec.queue, describe(exc))
             self._until_ok(self._prepare)
             return
         except (redis.ConnectionError, redis.TimeoutError) as exc:
@@ -219,7 +234,7 @@ class Worker:
                 action()
                 self._delay_s = 0.05
                 return
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
+            except (redis.ConnectionError, redis.TimeoutError, *TRANSIENT_REFUSALS) as exc:
                 if not is_transient(exc):
                     raise FatalRedisError(describe(exc)) from exc
                 attempts += 1

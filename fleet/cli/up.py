@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import threading
@@ -15,8 +16,13 @@ import redis
 from fleet import codec, keys
 from fleet.connection import connect, redact_url
 from fleet.redis_server import RedisServer, new_password
-from fleet.runtime import forget_private_redis, record_private_redis
-from fleet.settings import FleetSettings
+from fleet.runtime import (
+    StateDirLock,
+    forget_private_redis,
+    record_private_redis,
+    surviving_private_redis,
+)
+from fleet.settings import FleetSettings, RedisSettings
 from scaler.daemon import ScalerLoop
 from scaler.exposition import serve_metrics
 from scheduler.devices import discover
@@ -46,6 +52,30 @@ def private_redis(settings: FleetSettings) -> Iterator[FleetSettings]:
     if settings.redis.url is not None:
         yield settings
         return
+    with StateDirLock(settings):
+        survivor = surviving_private_redis(settings)
+        if survivor is not None:  # a killed `fleet up` left it (and maybe its workers) running
+            with _reused(settings, survivor) as live:
+                yield live
+            return
+        with _started(settings) as live:
+            yield live
+
+
+@contextmanager
+def _reused(settings: FleetSettings, survivor: RedisSettings) -> Iterator[FleetSettings]:
+    log.warning("reusing the private redis-server a previous `fleet up` left running at %s; "
+                "its workers are adopted", redact_url(survivor.url))
+    try:
+        yield settings.model_copy(update={"redis": survivor})
+    finally:
+        with contextlib.suppress(redis.RedisError), connect(survivor) as conn:
+            conn.shutdown()  # AOF is fsynced on a clean shutdown
+        forget_private_redis(settings)
+
+
+@contextmanager
+def _started(settings: FleetSettings) -> Iterator[FleetSettings]:
     server = RedisServer(settings.state_dir / "redis", password=new_password()).start()
     assert server.password is not None
     try:
@@ -121,6 +151,7 @@ def run_foreground(settings: FleetSettings, own_redis: bool) -> None:
         fleet.loop.stop = stop
         fleet.loop.run()
         log.info("stopping: draining %d workers", len(fleet.supervisor.workers))
+    log.info("fleet stopped: every worker drained and the scaler is down")
 
 
 @contextmanager
