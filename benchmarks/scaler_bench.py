@@ -43,9 +43,20 @@ def settings_for(url: str, state_dir: Path, tick_s: float, queues: dict[str, Que
 
 
 def sleep_queue() -> QueueSettings:
-    return QueueSettings(handler="sleep", handler_options={"ms_per_batch": 20}, max_batch=10, max_delay_ms=2,
-                         backlog_per_worker=50, stabilization_s=3, device="cpu", max_workers_per_device=8,
-                         min_workers=1, max_workers=4, block_ms=500, scale_up_cooldown_s=1)
+    return QueueSettings(
+        handler="sleep",
+        handler_options={"ms_per_batch": 20},
+        max_batch=10,
+        max_delay_ms=2,
+        backlog_per_worker=50,
+        stabilization_s=3,
+        device="cpu",
+        max_workers_per_device=8,
+        min_workers=1,
+        max_workers=4,
+        block_ms=500,
+        scale_up_cooldown_s=1,
+    )
 
 
 def _wait(pred, timeout_s: float) -> None:  # type: ignore[no-untyped-def]
@@ -67,8 +78,10 @@ def reaction(url: str, state_dir: Path, tick_s: float, jobs: int) -> dict[str, f
         t0 = time.monotonic()
         submitted = client.submit_many("q", list(range(jobs)))
         decided: list[float] = []
-        watcher = threading.Thread(target=lambda: (_wait(lambda: sup.count("q") > 1, 30),
-                                                   decided.append(time.monotonic())), daemon=True)
+        watcher = threading.Thread(
+            target=lambda: (_wait(lambda: sup.count("q") > 1, 30), decided.append(time.monotonic())),
+            daemon=True,
+        )
         watcher.start()
         first_new_ack = None
         for _, outcome in client.iter_outcomes("q", [j.id for j in submitted], 60):
@@ -92,8 +105,12 @@ def tick_cost(url: str, state_dir: Path, ticks: int) -> dict[str, float]:
     queues = {f"q{i}": sleep_queue() for i in range(8)}
     settings = settings_for(url, state_dir, 1.0, queues)
     device = Device("cpu", "cpu", 0, None, "CPU", 16 << 30, (0, 1))
-    loop = ScalerLoop(settings, Supervisor(settings, None), {q: [device] for q in queues},
-                      telemetry=lambda d: Telemetry(0.5, 4 << 30, 16 << 30))
+    loop = ScalerLoop(
+        settings,
+        Supervisor(settings, None),
+        {q: [device] for q in queues},
+        telemetry=lambda d: Telemetry(0.5, 4 << 30, 16 << 30),
+    )
     loop.actuator = NoopActuator()  # type: ignore[assignment]
     conn = loop.conn
     now_ms = int(time.time() * 1000)
@@ -102,10 +119,25 @@ def tick_cost(url: str, state_dir: Path, ticks: int) -> dict[str, float]:
         for n in range(100 * (i + 1)):
             conn.xadd(keys.jobs(q), {"p": codec.pack(n)})
     for w in range(64):
-        conn.hset(keys.WORKERS, f"q{w % 8}.cpu.{w}", codec.pack({
-            "queue": f"q{w % 8}", "device": "cpu", "state": "busy" if w % 2 else "idle", "host": "other",
-            "pid": w, "started_ms": now_ms, "beat_ms": now_ms, "last_busy_ms": now_ms, "load_s": 0.5,
-            "done": 0, "failed": 0}))
+        conn.hset(
+            keys.WORKERS,
+            f"q{w % 8}.cpu.{w}",
+            codec.pack(
+                {
+                    "queue": f"q{w % 8}",
+                    "device": "cpu",
+                    "state": "busy" if w % 2 else "idle",
+                    "host": "other",
+                    "pid": w,
+                    "started_ms": now_ms,
+                    "beat_ms": now_ms,
+                    "last_busy_ms": now_ms,
+                    "load_s": 0.5,
+                    "done": 0,
+                    "failed": 0,
+                }
+            ),
+        )
     loop.tick()  # loads the probe script
     reads0, writes0 = loop.reader.round_trips, loop.publisher.round_trips
     times = []
@@ -125,8 +157,9 @@ def tick_cost(url: str, state_dir: Path, ticks: int) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--tick-s", type=float, default=0.2)
     parser.add_argument("--ticks", type=int, default=300)
     parser.add_argument("--jobs", type=int, default=1000)
