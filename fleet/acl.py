@@ -99,7 +99,8 @@ def worker_grants(settings: FleetSettings) -> list[Grant]:
         Grant(("xadd", "expire"), (keys.reply("*"),), write_only=True),
         Grant(("xadd", "xlen"), _each(queues, keys.dlq)),
         Grant(("zadd", "zrem", "zrange", "zrangebyscore", "zcard", "zscore"), _each(queues, keys.delayed)),
-        Grant(("evalsha", "script|load"), _each(queues, keys.delayed) + _each(queues, keys.jobs)),
+        Grant(("evalsha", "script|load"),  # the retry mover and the batch writer: their KEYS
+              _each(queues, keys.delayed) + _each(queues, keys.jobs) + _each(queues, keys.dlq)),
         Grant(("hset", "hdel", "hget"), (keys.WORKERS, keys.QUEUES)),
         Grant(("xadd",), (keys.EXITS,), write_only=True),  # last counts on a clean exit
     ]

@@ -26,8 +26,8 @@ from worker.execute import decode_entries, fail_exhausted, run_batch
 from worker.handlers.base import Handler, HandlerContext, load_handler
 from worker.heartbeat import BUSY, DRAINING, IDLE, LOADING, Chore, Heartbeat, WorkerStatus
 from worker.housekeeping import Chores
+from worker.outcome_script import OutcomePolicy, OutcomeWriter
 from worker.reclaim import Reclaimer, extend_leases
-from worker.stream_io import OutcomePolicy
 
 log = logging.getLogger("fleet.worker")
 EXIT_REDIS_REFUSED = 4
@@ -62,13 +62,13 @@ class Worker:
         # one stale entry at a time: a job that kills its worker takes no batch-mates with it
         self.reclaimer = Reclaimer(spec.queue, spec.worker_id, self.q.visibility_timeout_ms, 1)
         self.chores = Chores(self.conn, spec.queue)
-        self.outcome_policy = OutcomePolicy(
+        self.writer = OutcomeWriter(self.conn, spec.queue, OutcomePolicy(
             result_ttl_s=self.q.result_ttl_s,
             reply_ttl_s=spec.settings.worker.reply_ttl_s,
             max_deliveries=self.q.max_deliveries,
             retry_backoff_ms=self.q.retry_backoff_ms,
             dlq_max_len=spec.settings.worker.dlq_max_len,
-        )
+        ))
         self._add_chores()
 
     def _add_chores(self) -> None:
@@ -202,9 +202,7 @@ class Worker:
         ran_at = time.perf_counter()
         run_batch(self.handler, batch, self.spec.worker_id)
         inference_s = time.perf_counter() - ran_at
-        self._until_ok(
-            lambda: stream_io.write_outcomes(self.conn, self.spec.queue, batch, self.outcome_policy)
-        )
+        self._until_ok(lambda: self.writer.write(batch))
         self.status.stats.record_batch(  # metrics (worker.stats): once per batch
             batch, max_batch=self.q.max_batch, max_deliveries=self.q.max_deliveries,
             read_ms=self.status.busy_since_ms or 0, done_ms=int(time.time() * 1000), inference_s=inference_s)

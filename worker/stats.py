@@ -23,7 +23,7 @@ _OUTCOME = {retry.RETRY: telemetry.RETRY, retry.DEAD: telemetry.DEAD}
 
 
 def outcome_of(work: Work, max_deliveries: int) -> str:
-    """ok / failed / retry / dead: what `stream_io.write_outcomes` did with this delivery."""
+    """ok / failed / retry / dead: what `outcome_script.OutcomeWriter` did with this delivery."""
     assert work.outcome is not None
     failed = work.outcome.status != codec.STATUS_OK
     what = retry.disposition(failed, work.retryable, work.attempts, max_deliveries)

@@ -1,19 +1,15 @@
-"""The worker's Redis edge: the group, batched reads, and one pipelined write per batch."""
+"""The worker's Redis edge: the group and batched reads (the per-batch write is
+`worker.outcome_script`)."""
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable
 
 import redis
 
-from fleet import codec, keys
-from worker import retry
-from worker.execute import Work
+from fleet import keys
 
 log = logging.getLogger("fleet.worker")
 
@@ -72,76 +68,6 @@ def read_batch(
         batch.extend(more)
         hold(batch)
     return batch
-
-
-@dataclass(frozen=True)
-class OutcomePolicy:
-    result_ttl_s: int
-    reply_ttl_s: int
-    max_deliveries: int
-    retry_backoff_ms: int
-    dlq_max_len: int
-
-
-def _final(pipe: Any, queue: str, work: Work, outcome: codec.Outcome, ttl_s: int) -> str | None:
-    encoded = outcome.encode()
-    pipe.set(keys.result(queue, work.job_id), encoded, ex=ttl_s, nx=True)
-    if work.reply is None:
-        return None
-    pipe.xadd(work.reply, {keys.R_JOB_ID: work.job_id, keys.R_OUTCOME: encoded})
-    return work.reply
-
-
-def _dead_letter(pipe: Any, queue: str, work: Work, outcome: codec.Outcome, max_len: int) -> None:
-    fields: dict[Any, Any] = {k: v for k, v in work.fields.items() if k != keys.F_HISTORY.encode()}
-    fields.update({
-        "id": work.job_id,
-        "error": outcome.error or "",
-        "attempts": outcome.attempts,
-        "worker": outcome.worker,
-        "history": codec.pack(list(outcome.history)),
-        "dead_ms": int(time.time() * 1000),
-    })
-    pipe.xadd(keys.dlq(queue), fields, maxlen=max_len, approximate=True)
-
-
-def write_outcomes(conn: redis.Redis, queue: str, batch: Sequence[Work], policy: OutcomePolicy) -> None:
-    """Results, replies, retries, dead letters and acks for the batch in one round trip.
-
-    One MULTI/EXEC: the acks land only with the outcomes. A command Redis refuses
-    when it is queued (out of memory, read-only replica) aborts the whole
-    transaction, so nothing is acknowledged without its outcome and the caller
-    retries. An error of one command at run time (a reply key that is not a
-    stream) costs only that command: it is logged, the rest stands.
-    The result is written only if none exists (SET NX): a job run twice after a
-    reclaim race keeps exactly one final outcome.
-    """
-    pipe = conn.pipeline(transaction=True)
-    replies: set[str | None] = set()
-    now_ms = int(time.time() * 1000)
-    for work in batch:
-        outcome = work.outcome
-        assert outcome is not None
-        failed = outcome.status != codec.STATUS_OK
-        what = retry.disposition(failed, work.retryable, work.attempts, policy.max_deliveries)
-        if what == retry.RETRY and work.job is not None:
-            delay = retry.backoff_ms(work.attempts, policy.retry_backoff_ms)
-            member = retry.retry_member(work.job, work.fields[_P], work.attempts, outcome.history,
-                                        work.entry_id)
-            pipe.zadd(keys.delayed(queue), {member: retry.due_score(now_ms, delay)})
-            continue
-        if what == retry.DEAD:
-            outcome = dataclasses.replace(outcome, status=codec.STATUS_DEAD)
-            _dead_letter(pipe, queue, work, outcome, policy.dlq_max_len)
-        replies.add(_final(pipe, queue, work, outcome, policy.result_ttl_s))
-    for reply in replies - {None}:
-        pipe.expire(reply, policy.reply_ttl_s)  # type: ignore[arg-type]
-    pipe.xack(keys.jobs(queue), keys.GROUP, *[w.entry_id for w in batch])
-    results = pipe.execute(raise_on_error=False)
-    failures = [r for r in results if isinstance(r, Exception)]
-    if failures:
-        log.error("queue %s: %d of %d writes of a batch were refused (first: %s); the rest stand",
-                  queue, len(failures), len(results), failures[0])
 
 
 def delete_consumer_if_idle(conn: redis.Redis, queue: str, consumer: str) -> bool:
