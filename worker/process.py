@@ -22,12 +22,13 @@ from fleet.errors import ConnectionFailed, describe
 from fleet.settings import QueueSettings
 from fleet.workerspec import WorkerSpec
 from worker import stream_io
-from worker.execute import decode_entries, fail_exhausted, run_batch
+from worker.execute import Work, decode_entries, fail_exhausted, run_batch
 from worker.handlers.base import Handler, HandlerContext, load_handler
 from worker.heartbeat import BUSY, DRAINING, IDLE, LOADING, Chore, Heartbeat, WorkerStatus
 from worker.housekeeping import Chores
 from worker.outcome_script import OutcomePolicy, OutcomeWriter
 from worker.reclaim import Reclaimer, extend_leases
+from worker.writebehind import WriteBehind
 
 log = logging.getLogger("fleet.worker")
 EXIT_REDIS_REFUSED = 4
@@ -62,6 +63,7 @@ class Worker:
         # one stale entry at a time: a job that kills its worker takes no batch-mates with it
         self.reclaimer = Reclaimer(spec.queue, spec.worker_id, self.q.visibility_timeout_ms, 1)
         self.chores = Chores(self.conn, spec.queue)
+        self.behind = WriteBehind()
         self.writer = OutcomeWriter(self.conn, spec.queue, OutcomePolicy(
             result_ttl_s=self.q.result_ttl_s,
             reply_ttl_s=spec.settings.worker.reply_ttl_s,
@@ -75,7 +77,7 @@ class Worker:
         beat = self.spec.settings.worker.heartbeat_interval_s
         self.heartbeat.chores += [
             Chore("lease extension", self.q.visibility_timeout_ms / 3000, lambda: extend_leases(
-                self.conn, self.spec.queue, self.spec.worker_id, self.status.held)),
+                self.conn, self.spec.queue, self.spec.worker_id, self.status.held + self.behind.in_flight)),
             Chore("retry mover", min(beat, 0.25), self.chores.move_due_retries),
             Chore("trim", 5.0, self.chores.trim),
             Chore("consumer reaper", min(30.0, self.q.visibility_timeout_ms / 500),
@@ -136,6 +138,7 @@ class Worker:
         self.status.state = IDLE
         while not self.stopping:
             self.step()
+        self.behind.close()  # the last batch's outcomes and acks land before we leave
         self.status.state = DRAINING
         log.info("worker %s draining", self.spec.worker_id, extra=self._event("draining"))
         self._until_ok(self._finish, forever=False)
@@ -202,17 +205,22 @@ class Worker:
         ran_at = time.perf_counter()
         run_batch(self.handler, batch, self.spec.worker_id)
         inference_s = time.perf_counter() - ran_at
+        read_ms = self.status.busy_since_ms or 0
+        # the write runs on the writer thread while this thread reads and runs the next batch
+        self.behind.submit(lambda: self._write(batch, read_ms, inference_s), self.status.held)
+        self.status.held = ()
+        self.status.busy_since_ms = None
+        self.status.last_busy_ms = int(time.time() * 1000)
+        self.status.state = IDLE
+
+    def _write(self, batch: list[Work], read_ms: int, inference_s: float) -> None:
         self._until_ok(lambda: self.writer.write(batch))
         self.status.stats.record_batch(  # metrics (worker.stats): once per batch
             batch, max_batch=self.q.max_batch, max_deliveries=self.q.max_deliveries,
-            read_ms=self.status.busy_since_ms or 0, done_ms=int(time.time() * 1000), inference_s=inference_s)
-        self.status.held = ()
-        self.status.busy_since_ms = None
+            read_ms=read_ms, done_ms=int(time.time() * 1000), inference_s=inference_s)
         failed = sum(1 for w in batch if w.outcome is not None and w.outcome.status != codec.STATUS_OK)
         self.status.jobs_done += len(batch) - failed
         self.status.jobs_failed += failed
-        self.status.last_busy_ms = int(time.time() * 1000)
-        self.status.state = IDLE
 
     # -- faults ----------------------------------------------------------------
     _delay_s = 0.05
