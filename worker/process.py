@@ -206,8 +206,13 @@ class Worker:
         run_batch(self.handler, batch, self.spec.worker_id)
         inference_s = time.perf_counter() - ran_at
         read_ms = self.status.busy_since_ms or 0
-        # the write runs on the writer thread while this thread reads and runs the next batch
-        self.behind.submit(lambda: self._write(batch, read_ms, inference_s), self.status.held)
+        if len(batch) >= self.q.max_batch:
+            # a full batch: more is likely queued, so write on the writer thread while this
+            # thread reads and runs the next one
+            self.behind.submit(lambda: self._write(batch, read_ms, inference_s), self.status.held)
+        else:  # the queue is drained: write now, the shortest way to the caller
+            self.behind.wait()
+            self._write(batch, read_ms, inference_s)
         self.status.held = ()
         self.status.busy_since_ms = None
         self.status.last_busy_ms = int(time.time() * 1000)
