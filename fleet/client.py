@@ -39,7 +39,14 @@ from fleet.errors import (
 from fleet.inbox import CountdownWaiter, Inbox
 from fleet.jobstate import compare_ids, status_from, value_of
 from fleet.settings import RedisSettings
-from fleet.submit import SUBMIT_CHUNK, SUBMIT_LUA, Coalescer, build_call, encode_payloads, parse_reply
+from fleet.submit import (
+    SUBMIT_CHUNK,
+    SUBMIT_LUA,
+    Coalescer,
+    call_for,
+    encode_payloads,
+    parse_reply,
+)
 
 log = logging.getLogger("fleet.client")
 QUEUE_INFO_TTL_S = 10.0
@@ -186,17 +193,7 @@ class Client:
     ) -> list[str]:
         if self.reply_key is not None:
             self._ensure_listener()
-        now_ms = int(time.time() * 1000)
-        call = build_call(
-            info.name,
-            encoded,
-            max_backlog=info.max_backlog,
-            now_ms=now_ms,
-            reply_key=self.reply_key,
-            idempotency_key=idempotency_key,
-            idempotency_ttl_s=info.result_ttl_s,
-            deadline_ms=None if deadline_s is None else now_ms + int(deadline_s * 1000),
-        )
+        call = call_for(info, encoded, self.reply_key, idempotency_key, deadline_s)
         with redis_errors():
             status, ids = parse_reply(self._submit_script(keys=call.keys, args=call.args))
         if status == "FULL":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -83,6 +84,27 @@ def build_call(
         *encoded,
     ]
     return SubmitCall(call_keys, args)
+
+
+def call_for(
+    info: codec.QueueInfo,
+    encoded: Sequence[bytes],
+    reply_key: str | None,
+    idempotency_key: str | None = None,
+    deadline_s: float | None = None,
+) -> SubmitCall:
+    """The script call for jobs of one queue, stamped now (both clients use this)."""
+    now_ms = int(time.time() * 1000)
+    return build_call(
+        info.name,
+        encoded,
+        max_backlog=info.max_backlog,
+        now_ms=now_ms,
+        reply_key=reply_key,
+        idempotency_key=idempotency_key,
+        idempotency_ttl_s=info.result_ttl_s,
+        deadline_ms=None if deadline_s is None else now_ms + int(deadline_s * 1000),
+    )
 
 
 def parse_reply(reply: list[Any]) -> tuple[str, list[str]]:

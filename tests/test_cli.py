@@ -47,8 +47,9 @@ def test_dlq_ls_show_replay_purge(tmp_path, redis_server, rconn, workers):
     body = ("  q:\n    handler: sleep\n    max_deliveries: 1\n"
             "    handler_options: {ms_per_batch: 1, allow_raise: true}\n")
     cfg = _config(tmp_path, redis_server.url, body)
+    options = {"ms_per_batch": 1, "allow_raise": True}
     settings = make_settings(redis_server.url, q={"handler": "sleep", "max_deliveries": 1,
-                                                  "handler_options": {"ms_per_batch": 1, "allow_raise": True}})
+                                                  "handler_options": options})
     workers.start(settings, "q")
     wait_for(lambda: rconn.hlen(keys.WORKERS) >= 1, what="worker registered")
     with Client(redis_server.url) as client:

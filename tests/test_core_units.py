@@ -104,7 +104,8 @@ def test_job_status(result, pending, entry, delivered, want):
 
 
 def test_compare_ids_is_numeric():
-    assert compare_ids("10-0", "9-5") == 1 and compare_ids("9-5", "9-5") == 0 and compare_ids("9-5", "9-10") == -1
+    assert compare_ids("10-0", "9-5") == 1 and compare_ids("9-5", "9-5") == 0
+    assert compare_ids("9-5", "9-10") == -1
 
 
 class Picky(Handler):

