@@ -20,7 +20,7 @@ import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from queue import Empty, SimpleQueue
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -148,7 +148,7 @@ class Client:
         if raw is None:
             raise UnknownQueue(queue)
         try:
-            info = codec.QueueInfo.decode(queue, raw)
+            info = codec.QueueInfo.decode(queue, cast(bytes, raw))
         except codec.DecodeError as exc:
             raise FleetError(f"queue {queue!r} is declared with unreadable settings: {exc}") from None
         self._queue_info[queue] = (now, info)
@@ -292,7 +292,7 @@ class Client:
             raws = self._redis.mget([keys.result(queue, j) for j in missing])
         for job_id, raw in zip(missing, raws, strict=True):
             if raw is not None:
-                waiter.put(job_id, codec.decode_outcome(raw))
+                waiter.put(job_id, codec.decode_outcome(cast(bytes, raw)))
 
     def job(self, queue: str, job_id: str) -> Job:
         return Job(self, queue, job_id)

@@ -9,7 +9,7 @@ delivery count and clears its dead outcome, so the caller can wait on it again.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -55,14 +55,18 @@ def parse(entry_id: bytes, fields: dict[bytes, bytes]) -> DeadLetter:
     )
 
 
+def _entries(conn: redis.Redis, queue: str, count: int) -> list[tuple[bytes, dict[bytes, bytes]]]:
+    return cast(list[tuple[bytes, dict[bytes, bytes]]], conn.xrevrange(keys.dlq(queue), count=count))
+
+
 def list_dead(conn: redis.Redis, queue: str, count: int = 100) -> list[DeadLetter]:
-    return [parse(eid, f) for eid, f in conn.xrevrange(keys.dlq(queue), count=count)]
+    return [parse(eid, f) for eid, f in _entries(conn, queue, count)]
 
 
 def find(conn: redis.Redis, queue: str, job_id: str) -> DeadLetter | None:
     """The dead letter of a job, by job ID (scans the DLQ newest first)."""
-    for eid, fields in conn.xrevrange(keys.dlq(queue), count=100_000):
-        if fields.get(b"id", eid) in (job_id.encode(), job_id):
+    for eid, fields in _entries(conn, queue, 100_000):
+        if fields.get(b"id", eid) == job_id.encode():
             return parse(eid, fields)
     return None
 

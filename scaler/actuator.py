@@ -121,7 +121,7 @@ class Publisher:
         device_map = {f"{self.host}/{d.id}": codec.pack(device_record(d, host=self.host, at_ms=at_ms))
                       for d in devices}
         if device_map:
-            pipe.hset(keys.DEVICES, mapping=device_map)
+            pipe.hset(keys.DEVICES, mapping=device_map)  # type: ignore[arg-type]
         if gone:
             pipe.hdel(keys.WORKERS, *gone)
         pipe.execute()

@@ -355,7 +355,7 @@ class SignalReader:
     def _execute(self, queues: list[str]) -> list[Any]:
         pipe = self.conn.pipeline(transaction=False)
         for q in queues:
-            pipe.evalsha(self.sha, 1, keys.jobs(q), keys.GROUP, LAG_COUNT_CAP)
+            pipe.evalsha(str(self.sha), 1, keys.jobs(q), keys.GROUP, LAG_COUNT_CAP)
         pipe.hgetall(keys.WORKERS)
         pipe.hgetall(keys.SCALE)
         if self.with_status:

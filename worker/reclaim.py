@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable
+from typing import Any
 
 import redis
 
@@ -68,10 +69,14 @@ class Reclaimer:
         wanted = {e.decode() for e in entry_ids}
         counts = {}
         for row in rows:
-            eid = row["message_id"].decode()
+            eid = _text(row["message_id"])
             if eid in wanted:
                 counts[eid] = int(row["times_delivered"])
         return counts
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def extend_leases(conn: redis.Redis, queue: str, consumer: str, entry_ids: Iterable[str]) -> int:
@@ -79,5 +84,5 @@ def extend_leases(conn: redis.Redis, queue: str, consumer: str, entry_ids: Itera
     ids = list(entry_ids)
     if not ids:
         return 0
-    claimed = conn.xclaim(keys.jobs(queue), keys.GROUP, consumer, 0, ids, justid=True)
+    claimed = conn.xclaim(keys.jobs(queue), keys.GROUP, consumer, 0, list[Any](ids), justid=True)
     return len(claimed)

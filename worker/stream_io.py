@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from typing import cast
 
 import redis
 
@@ -34,7 +35,7 @@ def _read(conn: redis.Redis, queue: str, consumer: str, count: int, block_ms: in
     resp = conn.xreadgroup(keys.GROUP, consumer, {keys.jobs(queue): ">"}, count=count, block=block_ms)
     if not resp:
         return []
-    return resp[0][1]  # type: ignore[no-any-return]
+    return cast(Entries, resp[0][1])  # type: ignore[index]
 
 
 def read_batch(

@@ -30,7 +30,7 @@ def wait_ready(client: Client, queue: str, timeout_s: float) -> float:
     conn = client._redis
     while time.perf_counter() - started < timeout_s:
         for raw in conn.hvals(keys.WORKERS):
-            info = unpack(raw)
+            info = unpack(raw)  # type: ignore[arg-type]
             ready = isinstance(info, dict) and info.get("state") in ("idle", "busy")
             if ready and info.get("queue") == queue:
                 return time.perf_counter() - started

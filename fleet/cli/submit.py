@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import time
 from pathlib import Path
@@ -122,7 +123,7 @@ def write_out(out: Path, ids: list[str], outcomes: dict | None) -> None:
 
 def submit_with_progress(client: Client, queue: str, payloads: list[Any], show: bool) -> list[str]:
     ids: list[str] = []
-    with click.progressbar(length=len(payloads), label="submitting", file=None if show else _Null(),
+    with click.progressbar(length=len(payloads), label="submitting", file=None if show else io.StringIO(),
                            show_pos=True) as bar:
         for start in range(0, len(payloads), CHUNK):
             chunk = payloads[start : start + CHUNK]
@@ -133,20 +134,9 @@ def submit_with_progress(client: Client, queue: str, payloads: list[Any], show: 
 
 def wait_with_progress(client: Client, queue: str, ids: list[str], timeout_s: float, show: bool) -> dict:
     outcomes = {}
-    with click.progressbar(length=len(ids), label="running   ", file=None if show else _Null(),
+    with click.progressbar(length=len(ids), label="running   ", file=None if show else io.StringIO(),
                            show_pos=True, show_eta=True) as bar:
         for job_id, outcome in client.iter_outcomes(queue, ids, timeout_s):
             outcomes[job_id] = outcome
             bar.update(1)
     return outcomes
-
-
-class _Null:
-    def write(self, text: str) -> int:
-        return len(text)
-
-    def flush(self) -> None:
-        pass
-
-    def isatty(self) -> bool:
-        return False
