@@ -60,6 +60,7 @@ class Worker:
         self.heartbeat = Heartbeat(self.conn, self.status, spec.settings.worker.heartbeat_interval_s)
         self.handler = handler
         self.stopping = False
+        self._worked = False  # ran a batch since the queue last ran dry
         # one stale entry at a time: a job that kills its worker takes no batch-mates with it
         self.reclaimer = Reclaimer(spec.queue, spec.worker_id, self.q.visibility_timeout_ms, 1)
         self.chores = Chores(self.conn, spec.queue)
@@ -190,6 +191,10 @@ class Worker:
             return
         if entries:
             self.process(entries)
+            self._worked = True
+        elif self._worked and self.handler is not None:
+            self._worked = False
+            self.handler.idle()
 
     def _hold(self, entries: stream_io.Entries) -> None:
         self.status.held = tuple(e[0].decode() for e in entries)

@@ -56,6 +56,9 @@ class Handler:
     def run(self, batch: list[Any]) -> list[Any]:
         raise NotImplementedError
 
+    def idle(self) -> None:
+        """Called once when the queue runs dry after work: give back what can be given."""
+
 
 def load_handler(name: str) -> Handler:
     """Instantiate the handler registered under `name`."""
