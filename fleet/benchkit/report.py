@@ -109,8 +109,9 @@ def _memory_rows(r: dict[str, Any]) -> list[Row]:
             m["noop_worker_idle_rss_mb"] < TARGET_IDLE_WORKER_MB,
         ),
         Row("model footprint (fresh process - bare)", m["model_footprint_mb"], "MiB"),
+        Row("embed worker RSS right after the run", m.get("embed_worker_peak_rss_mb"), "MiB"),
         Row(
-            "embed worker RSS after load",
+            "embed worker RSS, idle after the run",
             m["embed_worker_rss_mb"],
             "MiB",
             allowed,
