@@ -113,3 +113,23 @@ def test_publish_then_status_json(tmp_path, redis_server, rconn):
     result = run("-c", cfg, "status", "--json")
     assert result.exit_code == 0, result.output
     assert "q" in result.output
+
+
+def test_status_shows_a_host_without_cgroups(tmp_path, redis_server):
+    from fleet.cli.up import scaler_loop
+    from fleet.settings import FleetSettings
+
+    settings = FleetSettings(
+        redis={"url": redis_server.url},  # type: ignore[arg-type]
+        queues={"q": {"handler": "echo", "workers": 0, "device": "cpu"}},  # type: ignore[dict-item]
+        scaler={"autoscale": False, "cgroup_root": tmp_path},  # type: ignore[arg-type]
+        state_dir=tmp_path / "state",
+    )
+    cfg = _config(tmp_path, redis_server.url, "  q:\n    handler: echo\n")
+    with scaler_loop(settings):
+        data = json.loads(run("-c", cfg, "status", "--json").output)
+        text = run("-c", cfg, "status").output
+    assert len(data["hosts"]) == 1
+    host = data["hosts"][0]
+    assert host["cgroups"].startswith("off: ") and host["isolation"].startswith("off")
+    assert "CGROUPS" in text and "off: " in text

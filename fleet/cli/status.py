@@ -94,7 +94,25 @@ def collect(conn: redis.Redis, reader: SignalReader, queues: list[str], stale_s:
         "queues": queue_rows(reading, records, rates, now_s),
         "devices": device_rows(reading, records, now_s),
         "workers": worker_rows(records, now_s),
+        "hosts": host_rows(conn, now_s),
     }
+
+
+def host_rows(conn: redis.Redis, now_s: float) -> list[dict[str, Any]]:
+    """Each host's scaler: cgroup slices and device isolation (or why not), crash loops."""
+    from scheduler.supervisor import host_statuses
+
+    rows = []
+    for name, h in sorted(host_statuses(conn).items()):
+        cgroups, isolation = h.get("cgroups") or {}, h.get("isolation") or {}
+        rows.append({
+            "host": name, "scaler_pid": h.get("scaler_pid"), "beat_age_s": _age_s(now_s, h.get("beat_ms")),
+            "cgroups": "on" if cgroups.get("available") else f"off: {cgroups.get('reason', '?')}",
+            "isolation": "on" if isolation.get("on") else f"off: {isolation.get('reason', '?')}",
+            "crashloops": sorted((h.get("crashloops") or {}).keys()),
+            "workers": h.get("workers"),
+        })
+    return rows
 
 
 def _cut(text: Any, width: int) -> str:
@@ -117,7 +135,7 @@ def _states(counts: dict[str, int]) -> str:
 
 
 def render(data: dict[str, Any]) -> str:
-    """Three tables that fit 80 columns: queues, devices, workers."""
+    """Four tables that fit 80 columns: queues, devices, workers, hosts."""
     queues = table([(
         _cut(q["queue"], 14), q["backlog"], q["pending"], _secs(q["oldest_wait_s"]),
         "-" if q["rate_per_s"] is None else f"{q['rate_per_s']:.1f}",
@@ -132,7 +150,11 @@ def render(data: dict[str, Any]) -> str:
         _cut(w["id"], 26), _cut(w["queue"], 12), _cut(w["device"], 12), w["state"], w["done"],
         _secs(w["beat_age_s"]), _secs(w["last_busy_age_s"]),
     ) for w in data["workers"]], ["WORKER", "QUEUE", "DEVICE", "STATE", "DONE", "BEAT", "BUSY"])
-    return f"{queues}\n\n{devices}\n\n{workers}"
+    hosts = table([(
+        _cut(h["host"], 14), _secs(h["beat_age_s"]), _cut(h["cgroups"], 22), _cut(h["isolation"], 20),
+        _cut(",".join(h["crashloops"]) or "-", 12),
+    ) for h in data.get("hosts", [])], ["HOST", "BEAT", "CGROUPS", "ISOLATION", "CRASH LOOP"])
+    return f"{queues}\n\n{devices}\n\n{workers}\n\n{hosts}"
 
 
 @click.command("status")
