@@ -19,18 +19,19 @@ def _registered(conn: redis.Redis, n: int) -> bool:
 
 def test_map_returns_every_value_in_order_and_no_job_runs_twice(redis_server, rconn, workers):
     settings = make_settings(redis_server.url, echo={"handler": "echo", "max_batch": 50})
-    workers.start(settings, "echo")
-    workers.start(settings, "echo")
+    first, second = workers.start(settings, "echo"), workers.start(settings, "echo")
     wait_for(lambda: _registered(rconn, 2), what="two workers registered")
     payloads = [{"i": i, "s": f"job-{i}"} for i in range(1000)]
     with Client(redis_server.url) as client:
-        values = client.map("echo", payloads, timeout_s=30)
-    assert values == payloads
-    # every job acked once, nothing pending, and the two workers did all of it
+        assert client.map("echo", payloads, timeout_s=30) == payloads
+        jobs = client.submit_many("echo", payloads)
+        outcomes = client.wait_outcomes("echo", [j.id for j in jobs], 30)
+    # each job delivered once: every outcome is a first attempt, the group read each
+    # entry once and holds nothing, and both workers took part
+    assert {o.attempts for o in outcomes.values()} == {1}
+    assert {o.worker for o in outcomes.values()} <= {first.worker_id, second.worker_id}
     info = rconn.xinfo_groups(keys.jobs("echo"))[0]
-    assert info["pending"] == 0
-    beats = [rconn.hget(keys.WORKERS, p.worker_id) for p in workers.procs]
-    assert all(beats)
+    assert info["pending"] == 0 and info["entries-read"] == 2000
 
 
 def test_unknown_queue_and_payload_too_large_write_nothing(redis_server, rconn, workers):
