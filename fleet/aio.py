@@ -31,7 +31,7 @@ from fleet.client import LISTEN_BLOCK_MS, QUEUE_INFO_TTL_S, _decode_replies, _se
 from fleet.connection import connect_async
 from fleet.errors import ClientClosed, JobTimeout, QueueFull, UnknownQueue, redis_errors
 from fleet.inbox import Inbox
-from fleet.jobstate import compare_ids, status_from, value_of
+from fleet.jobstate import queue_info_of, status_of_replies, value_of
 from fleet.settings import RedisSettings
 from fleet.submit import SUBMIT_CHUNK, SUBMIT_LUA, call_for, encode_payloads, parse_reply
 
@@ -161,9 +161,7 @@ class AsyncClient:
         self._check_open()
         with redis_errors():
             raw: bytes | None = await self._redis.hget(keys.QUEUES, queue)  # type: ignore[assignment]
-        if raw is None:
-            raise UnknownQueue(queue)
-        info = codec.QueueInfo.decode(queue, raw)
+        info = queue_info_of(queue, raw)
         self._queue_info[queue] = (now, info)
         return info
 
@@ -281,10 +279,8 @@ class AsyncClient:
                 pipe.xpending_range(keys.jobs(queue), keys.GROUP, job_id, job_id, 1)
                 pipe.xrange(keys.jobs(queue), job_id, job_id, 1)
                 pipe.xinfo_groups(keys.jobs(queue))
-                result, pending, entry, groups = await pipe.execute(raise_on_error=False)
-        pending = [] if isinstance(pending, Exception) else pending
-        groups = [] if isinstance(groups, Exception) else groups
-        return status_from(result, pending, entry, _delivered(groups, job_id))
+                replies = await pipe.execute(raise_on_error=False)
+        return status_of_replies(job_id, replies)
 
     # -- the reply listener ----------------------------------------------------
     def _ensure_listener(self) -> None:
@@ -342,12 +338,3 @@ def _log_failure(task: asyncio.Task[None]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.error("the reply listener failed", exc_info=task.exception())
 
-
-def _delivered(groups: list[Any], job_id: str) -> bool:
-    """Whether the workers' group has been handed `job_id` (its last-delivered ID is at or past it)."""
-    last = next(
-        (g["last-delivered-id"] for g in groups if g["name"] in (keys.GROUP, keys.GROUP.encode())),
-        b"0-0",
-    )
-    last = last.decode() if isinstance(last, bytes) else str(last)
-    return compare_ids(last, job_id) >= 0

@@ -34,10 +34,9 @@ from fleet.errors import (
     QueueFull,
     UnknownQueue,
     redis_errors,
-    translate_redis_error,
 )
 from fleet.inbox import CountdownWaiter, Inbox
-from fleet.jobstate import compare_ids, status_from, value_of
+from fleet.jobstate import queue_info_of, status_of_replies, value_of
 from fleet.settings import RedisSettings
 from fleet.submit import (
     SUBMIT_CHUNK,
@@ -145,12 +144,7 @@ class Client:
             raise UnknownQueue(queue)
         with redis_errors():
             raw = self._redis.hget(keys.QUEUES, queue)
-        if raw is None:
-            raise UnknownQueue(queue)
-        try:
-            info = codec.QueueInfo.decode(queue, cast(bytes, raw))
-        except codec.DecodeError as exc:
-            raise FleetError(f"queue {queue!r} is declared with unreadable settings: {exc}") from None
+        info = queue_info_of(queue, cast(bytes | None, raw))
         self._queue_info[queue] = (now, info)
         return info
 
@@ -304,18 +298,8 @@ class Client:
             pipe.xpending_range(keys.jobs(queue), keys.GROUP, job_id, job_id, 1)
             pipe.xrange(keys.jobs(queue), job_id, job_id, 1)
             pipe.xinfo_groups(keys.jobs(queue))
-            result, pending, entry, groups = pipe.execute(raise_on_error=False)
-        for reply in (result, entry):
-            if isinstance(reply, redis.RedisError):
-                raise translate_redis_error(reply)
-        pending = [] if isinstance(pending, Exception) else pending
-        groups = [] if isinstance(groups, Exception) else groups
-        last = next(
-            (g["last-delivered-id"] for g in groups if g["name"] in (keys.GROUP, keys.GROUP.encode())),
-            b"0-0",
-        )
-        last = last.decode() if isinstance(last, bytes) else str(last)
-        return status_from(result, pending, entry, compare_ids(last, job_id) >= 0)
+            replies = pipe.execute(raise_on_error=False)
+        return status_of_replies(job_id, replies)
 
     # -- the reply listener ----------------------------------------------------
     def _ensure_listener(self) -> None:

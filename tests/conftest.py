@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import redis
 from fleet.redis_server import RedisServer
 from fleet.settings import FleetSettings, QueueSettings
 from fleet.workerspec import WorkerSpec, new_worker_id
+from scheduler.cgroups import SliceManager, cgroup2_root
 
 ROOT = Path(__file__).resolve().parent.parent
 STSB = ROOT.parent / "shared" / "data" / "stsb" / "stsb-en-dev.csv"
@@ -85,6 +87,20 @@ class WorkerProcs:
             if proc.poll() is None:
                 proc.kill()
             proc.wait(10)
+
+
+@pytest.fixture
+def slice_manager() -> Iterator[SliceManager]:
+    """A cgroup v2 slice of this test's own (unique name), removed afterwards; skips
+    only where this host has no usable cgroup2 mount."""
+    mgr = SliceManager(cgroup2_root(), base=f"fleet-test-{uuid.uuid4().hex[:12]}.slice")
+    if not mgr.available:
+        pytest.skip(f"cgroup v2 not usable on this host: {mgr.status}")
+    try:
+        yield mgr
+    finally:
+        mgr.remove_slice()
+        assert mgr.slice_path is not None and not mgr.slice_path.exists()
 
 
 @pytest.fixture

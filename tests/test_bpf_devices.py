@@ -7,8 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,7 +24,7 @@ from scheduler.bpf_devices import (
     encode,
     gpu_allow_rules,
 )
-from scheduler.cgroups import Leaf, SliceManager, cgroup2_root, enter_command
+from scheduler.cgroups import Leaf, SliceManager, enter_command
 from scheduler.devices import Device
 
 PROC_DEVICES = """\
@@ -109,14 +107,8 @@ print(json.dumps(out))
 
 
 @pytest.fixture
-def leaf() -> Iterator[Leaf]:
-    mgr = SliceManager(cgroup2_root(), base=f"fleet-test-{uuid.uuid4().hex[:12]}.slice")
-    if not mgr.available:
-        pytest.skip(f"cgroup v2 not usable on this host: {mgr.status}")
-    try:
-        yield mgr.create_leaf("sim-0", "w1")
-    finally:
-        mgr.remove_slice()
+def leaf(slice_manager: SliceManager) -> Leaf:
+    return slice_manager.create_leaf("sim-0", "w1")
 
 
 def probe_in(leaf: Leaf) -> dict[str, int]:

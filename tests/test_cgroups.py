@@ -8,7 +8,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -66,15 +65,8 @@ def test_limits_files() -> None:
 
 
 @pytest.fixture
-def manager() -> Iterator[SliceManager]:
-    mgr = SliceManager(cgroup2_root(), base=f"fleet-test-{uuid.uuid4().hex[:12]}.slice")
-    if not mgr.available:
-        pytest.skip(f"cgroup v2 not usable on this host: {mgr.status}")
-    try:
-        yield mgr
-    finally:
-        mgr.remove_slice()
-        assert mgr.slice_path is not None and not mgr.slice_path.exists()
+def manager(slice_manager: SliceManager) -> SliceManager:
+    return slice_manager
 
 
 def wait_for(predicate: object, timeout_s: float = 5.0) -> bool:

@@ -8,7 +8,6 @@ import functools
 import logging
 import subprocess
 import sys
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +21,7 @@ from fleet.redis_server import RedisServer
 from fleet.settings import FleetSettings
 from scheduler.adopt import decode_registry, start_ticks
 from scheduler.bpf_devices import attached_programs
-from scheduler.cgroups import SliceManager, cgroup2_root, leaf_of_pid
+from scheduler.cgroups import SliceManager, leaf_of_pid
 from scheduler.devices import Device, SimBackend
 from scheduler.placement import DeviceLoad, PlacementNeed, place
 from scheduler.spawn import open_slice_manager
@@ -33,14 +32,8 @@ SIM = SimBackend(4).discover()
 
 
 @pytest.fixture
-def slices() -> Iterator[SliceManager]:
-    mgr = SliceManager(cgroup2_root(), base=f"fleet-test-{uuid.uuid4().hex[:12]}.slice")
-    if not mgr.available:
-        pytest.skip(f"cgroup v2 not usable on this host: {mgr.status}")
-    try:
-        yield mgr
-    finally:
-        mgr.remove_slice()
+def slices(slice_manager: SliceManager) -> SliceManager:
+    return slice_manager
 
 
 @pytest.fixture
